@@ -1,0 +1,120 @@
+"""The ``greencmd`` command line (cli.md): ``serve`` and ``client``.
+
+Every ``serve`` option may also come from ``GREENCMD_<OPTION>``. Errors a user
+can cause end in one sentence on stderr and an exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from . import __version__, client, protocol
+from .config import ServerConfig
+from .errors import BindError
+
+__all__ = ["cli", "main"]
+
+EXIT_CANNOT_BIND = 1
+
+
+def _option(name: str, **kwargs):
+    """A click option whose variable is GREENCMD_<NAME> and whose help shows it."""
+    env = "GREENCMD_" + name.lstrip("-").replace("-", "_").upper()
+    kwargs.setdefault("show_default", True)
+    return click.option(name, envvar=env, show_envvar=True, **kwargs)
+
+
+_host = _option("--host", default=protocol.DEFAULT_HOST,
+                help="Address to bind (serve) or connect to (client); 0.0.0.0 or :: "
+                     "serves other machines.")
+_port = _option("--port", default=protocol.DEFAULT_PORT, type=click.IntRange(0, 65535),
+                help="TCP port; with serve, 0 picks a free one (the log shows it).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="greencmd")
+def cli() -> None:
+    """A tiny line-based TCP command server on gevent, reachable with netcat."""
+
+
+@cli.command()
+@_host
+@_port
+@_option("--max-clients", default=10, type=click.IntRange(1),
+         help="Sessions open at once; more are refused.")
+@_option("--lastlog-file", default=None, type=str,
+         help="The file lastlog tails. Default: /var/log/syslog, /var/log/messages, "
+              "or the server's own --log-file, whichever exists first.")
+@_option("--hash-root", default=None,
+         type=click.Path(exists=True, file_okay=False, resolve_path=True),
+         help="Only let comhash read files under this directory (symlinks resolved).")
+@_option("--hash-threads", default=os.cpu_count() or 1, type=click.IntRange(1),
+         show_default="number of CPUs", help="Threads that hash files.")
+@_option("--max-line", default=protocol.DEFAULT_MAX_LINE, type=click.IntRange(1),
+         help="Longest request line, in bytes.")
+@_option("--idle-timeout", default=300.0, type=click.FloatRange(0),
+         help="Seconds a session may send no complete line; 0 disables.")
+@_option("--command-timeout", default=30.0, type=click.FloatRange(0, min_open=True),
+         help="Seconds a lastlog may take before its tail is killed.")
+@_option("--grace", default=10.0, type=click.FloatRange(0),
+         help="Seconds in-flight commands get to finish at shutdown.")
+@_option("--log-file", default=None, show_default="$XDG_STATE_HOME/greencmd/server.log",
+         help="Also append the log to this file (directories are created); '' turns "
+              "it off. SIGHUP reopens it.")
+@_option("--quiet", is_flag=True, default=False,
+         help="Log only connections, errors and lifecycle, not every command.")
+def serve(**options: object) -> None:
+    """Run the server in the foreground until SIGTERM or SIGINT; log to stdout."""
+    from . import logs
+
+    if options["log_file"] is None:
+        options["log_file"] = logs.default_log_file()
+    config = ServerConfig(**{k: v if v != "" else None for k, v in options.items()})
+    try:
+        logs.setup_logging(config.log_file)
+    except OSError as exc:
+        raise click.BadParameter("cannot open %s: %s" % (config.log_file, exc.strerror),
+                                 param_hint="--log-file") from None
+    logs.log("Log opened.")
+    from . import server  # imported late: gevent is only needed to serve
+
+    try:
+        server.run(config)
+    except BindError as exc:
+        click.echo("greencmd: %s" % exc, err=True)
+        sys.exit(EXIT_CANNOT_BIND)
+
+
+@cli.command(name="client")
+@_host
+@_port
+@click.option("--timeout", default=10.0, type=click.FloatRange(0, min_open=True),
+              show_default=True, help="Seconds to wait for the connection and for each reply.")
+@click.argument("command", nargs=-1)
+def client_command(host: str, port: int, timeout: float, command: tuple[str, ...]) -> None:
+    """Send COMMAND and print the reply; with no COMMAND, act like netcat on stdin.
+
+    Exit status: 0 for a normal reply, 1 for an error reply, 3 when the server
+    cannot be reached or a reply times out, 2 for bad usage.
+    """
+    line = " ".join(command)
+    if "\n" in line or "\r" in line:
+        raise click.UsageError("COMMAND must be one line; it contains a line break.")
+    out = click.get_binary_stream("stdout")
+    try:
+        if command:
+            status = client.request(host, port, timeout, os.fsencode(line), out)
+        else:
+            status = client.interact(host, port, timeout, sys.stdin.fileno(), out)
+    except client.ClientError as exc:
+        click.echo("greencmd: %s" % exc, err=True)
+        status = client.UNREACHABLE
+    sys.exit(status)
+
+
+def main() -> None:
+    """Entry point of the ``greencmd`` console script and ``python -m greencmd``."""
+    cli(prog_name="greencmd")

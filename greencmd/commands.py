@@ -1,0 +1,141 @@
+"""The gevent engine's commands: plain functions that read like blocking code.
+
+Each takes the server's :class:`Runtime` and the request's argument and returns
+the complete reply. ``lastlog`` waits on a child process and ``comhash`` on a
+pool thread, but only this greenlet waits: the hub runs every other session
+meanwhile. Compare ``greencmd/compare/twisted_server.py``, where the same work
+is a chain of Deferred callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import gevent
+from gevent import subprocess
+from gevent.os import nb_read
+from gevent.threadpool import ThreadPool
+
+from . import jobs, protocol
+from .config import ServerConfig, choose_lastlog_source, no_source_message
+
+__all__ = ["Runtime", "Command", "COMMANDS", "lastlog", "comhash", "help_"]
+
+
+@dataclass
+class Runtime:
+    """What commands need from the server: settings, the lastlog source, threads."""
+
+    config: ServerConfig
+    pool: ThreadPool
+    lastlog_source: str | None
+    lastlog_tried: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> Runtime:
+        """Choose the lastlog source and start the hashing threads."""
+        source, tried = choose_lastlog_source(config)
+        return cls(config, ThreadPool(config.hash_threads), source, tried)
+
+
+class TailTimeout(Exception):
+    """``tail`` ran past ``--command-timeout``."""
+
+
+def lastlog(runtime: Runtime, arg: bytes) -> bytes:
+    """``lastlog [N]``: the last N lines of the lastlog source, via ``tail``."""
+    try:
+        count = protocol.parse_lastlog_count(arg)
+    except ValueError as exc:
+        return protocol.error(str(exc))
+    source = runtime.lastlog_source
+    if source is None:
+        return protocol.error(no_source_message(runtime.lastlog_tried))
+    problem = jobs.lastlog_precheck(source)
+    if problem:
+        return protocol.error(problem)
+    return run_tail(source, count, runtime.config.command_timeout)
+
+
+def run_tail(source: str, count: int, timeout: float) -> bytes:
+    """Run ``tail`` and frame its output; kill and reap it whatever happens.
+
+    The child gets its own session, so a kill reaches anything it started. If
+    this greenlet is killed (the client reset, the server gave up at shutdown),
+    the ``finally`` still kills and reaps the child.
+    """
+    child = subprocess.Popen(jobs.tail_argv(source, count), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        with gevent.Timeout(timeout or None, TailTimeout):
+            output = _read_capped(child.stdout.fileno())
+            status = child.wait() if output is not None else None
+    except TailTimeout:
+        return protocol.error(jobs.timeout_message(source, timeout))
+    finally:
+        _kill_and_reap(child)
+    if output is None:
+        return protocol.error(jobs.too_big_message(source))
+    if status != 0:
+        return protocol.error(jobs.tail_failure(source, status, output))
+    return protocol.lastlog_reply(output)
+
+
+def _read_capped(fd: int) -> bytes | None:
+    """Everything up to EOF, or ``None`` past :data:`jobs.LASTLOG_MAX_BYTES`."""
+    chunks = []
+    size = 0
+    while True:
+        chunk = nb_read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > jobs.LASTLOG_MAX_BYTES:
+            return None
+        chunks.append(chunk)
+
+
+def _kill_and_reap(child: subprocess.Popen) -> None:
+    if child.returncode is None:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        child.wait()
+    child.stdout.close()
+
+
+def comhash(runtime: Runtime, arg: bytes) -> bytes:
+    """``comhash PATH``: the SHA-1 of a file, computed on a pool thread.
+
+    If this greenlet is killed while it waits, the thread finishes its file and
+    the result is dropped.
+    """
+    if not arg:
+        return protocol.NO_PATH
+    return runtime.pool.apply(jobs.hash_file, (arg, runtime.config.hash_root))
+
+
+def help_(runtime: Runtime, arg: bytes) -> bytes:
+    """``help``: one line listing the commands."""
+    return protocol.HELP
+
+
+class Command(NamedTuple):
+    """A command function, and whether it waits (so replies before it are sent)."""
+
+    run: Callable[[Runtime, bytes], bytes]
+    waits: bool
+
+
+#: The dispatch table; ``exit``/``quit`` end the session and are handled there.
+COMMANDS: dict[bytes, Command] = {
+    b"lastlog": Command(lastlog, waits=True),
+    b"comhash": Command(comhash, waits=True),
+    b"help": Command(help_, waits=False),
+}

@@ -1,0 +1,60 @@
+"""Server settings, shared by both engines, and how the lastlog source is chosen."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import protocol
+
+__all__ = ["ServerConfig", "LASTLOG_CANDIDATES", "choose_lastlog_source"]
+
+#: System logs tried, in order, when --lastlog-file is not given.
+LASTLOG_CANDIDATES = ("/var/log/syslog", "/var/log/messages")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every ``greencmd serve`` option; the defaults are cli.md's."""
+
+    host: str = protocol.DEFAULT_HOST
+    port: int = protocol.DEFAULT_PORT
+    max_clients: int = 10
+    lastlog_file: str | None = None
+    hash_root: str | None = None
+    hash_threads: int = os.cpu_count() or 1
+    max_line: int = protocol.DEFAULT_MAX_LINE
+    idle_timeout: float = 300
+    command_timeout: float = 30
+    grace: float = 10
+    log_file: str | None = None
+    quiet: bool = False
+
+
+def choose_lastlog_source(config: ServerConfig) -> tuple[str | None, tuple[str, ...]]:
+    """The file ``lastlog`` tails, and the candidates that were tried.
+
+    An explicit ``--lastlog-file`` is taken as it is (a missing one is reported
+    when ``lastlog`` runs); otherwise the first readable system log, else the
+    server's own log file, else ``None``.
+    """
+    if config.lastlog_file:
+        return config.lastlog_file, (config.lastlog_file,)
+    tried = LASTLOG_CANDIDATES + ((config.log_file,) if config.log_file else ())
+    for path in tried:
+        if os.path.isfile(path) and os.access(path, os.R_OK):
+            return path, tried
+    return None, tried
+
+
+def no_source_message(tried: tuple[str, ...]) -> str:
+    """The error for ``lastlog`` when no source exists."""
+    return ("no log file to tail (tried %s); start the server with --lastlog-file PATH"
+            % ", ".join(tried))
+
+
+def describe_lastlog_source(source: str | None, tried: tuple[str, ...]) -> str:
+    """The start-up log line that names the lastlog source."""
+    if source is None:
+        return "lastlog source: none (%s)" % no_source_message(tried)
+    return "lastlog source: %s" % source

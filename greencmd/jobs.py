@@ -1,0 +1,121 @@
+"""The engine-neutral work behind ``comhash`` and ``lastlog``.
+
+Both engines run :func:`hash_file` in a worker thread and ``tail`` as a child
+process; only how they wait differs. Nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+
+from . import protocol
+
+__all__ = ["HASH_CHUNK", "LASTLOG_MAX_BYTES", "hash_file", "tail_argv",
+           "lastlog_precheck", "tail_failure", "timeout_message", "too_big_message"]
+
+#: Read size for hashing: large enough that hashlib drops the GIL for most of it.
+HASH_CHUNK = 1 << 20
+#: Most ``tail`` output a lastlog reply may carry; a log of giant lines is refused.
+LASTLOG_MAX_BYTES = 4 << 20
+
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def hash_file(arg: bytes, root: str | None) -> bytes:
+    """The whole ``comhash`` reply for the path ``arg``; never raises.
+
+    Runs in a worker thread. Errors come back as the reply, not as exceptions:
+    gevent's ThreadPool prints a traceback for every exception a job raises. The
+    file is streamed in chunks, so memory stays flat whatever its size; FIFOs and
+    devices are never opened.
+    """
+    if not arg:
+        return protocol.NO_PATH
+    path = protocol.decode_path(arg)
+    try:
+        if root is not None:
+            path = _inside_root(path, root)
+        return protocol.hash_reply(_sha1_of_regular_file(path))
+    except OutsideRoot:
+        return protocol.error("%s: outside the allowed root" % protocol.decode_path(arg))
+    except (OSError, ValueError) as exc:
+        return protocol.error(str(exc))
+
+
+class OutsideRoot(Exception):
+    """The path resolves to somewhere outside ``--hash-root``."""
+
+
+def _inside_root(path: str, root: str) -> str:
+    # Relative paths are taken from the root; realpath resolves symlinks and "..",
+    # so a link inside the root that points outside it is refused.
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, path))
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise OutsideRoot(path)
+    return real
+
+
+def _sha1_of_regular_file(path: str) -> str:
+    _require_regular(os.stat(path).st_mode, path)
+    # O_NONBLOCK: if the path became a FIFO since stat(), open() must not hang.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with open(fd, "rb", buffering=0) as f:
+        _require_regular(os.fstat(fd).st_mode, path)
+        digest = hashlib.sha1()
+        buffer = bytearray(HASH_CHUNK)
+        view = memoryview(buffer)
+        while True:
+            count = f.readinto(buffer)
+            if not count:
+                return digest.hexdigest()
+            digest.update(view[:count])
+
+
+def _require_regular(mode: int, path: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    kind = _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    raise ValueError("Not a regular file (%s): %r" % (kind, path))
+
+
+def tail_argv(source: str, lines: int) -> list[str]:
+    """The ``tail`` command line for the last ``lines`` lines of ``source``."""
+    return ["tail", "-n", str(lines), "--", source]
+
+
+def lastlog_precheck(source: str) -> str | None:
+    """An error message if ``source`` cannot be tailed, checked before spawning."""
+    try:
+        mode = os.stat(source).st_mode
+    except OSError as exc:
+        return str(exc)
+    if stat.S_ISDIR(mode):
+        return str(IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), source))
+    if not os.access(source, os.R_OK):
+        return str(PermissionError(errno.EACCES, os.strerror(errno.EACCES), source))
+    return None
+
+
+def tail_failure(source: str, returncode: int, stderr: bytes) -> str:
+    """The error message for a ``tail`` that exited non-zero."""
+    detail = stderr.decode("utf-8", "backslashreplace").strip().splitlines()
+    why = detail[0] if detail else "no message"
+    return "tail of %r failed with status %d: %s" % (source, returncode, why)
+
+
+def timeout_message(source: str, seconds: float) -> str:
+    """The error message for a ``lastlog`` that hit ``--command-timeout``."""
+    return "lastlog of %r did not finish within %g seconds; stopped" % (source, seconds)
+
+
+def too_big_message(source: str) -> str:
+    """The error message for ``tail`` output over :data:`LASTLOG_MAX_BYTES`."""
+    return "lastlog of %r is over %d MiB; ask for fewer lines" % (
+        source, LASTLOG_MAX_BYTES >> 20)

@@ -1,0 +1,115 @@
+"""The server log: Twisted's line format on top of the stdlib ``logging`` module.
+
+A line reads ``2026-11-26 13:32:32+0000 [system] message``, where ``system`` says
+who speaks (``-`` for the server's life cycle, ``CommandServer`` for the listener,
+``CmdSession,N,HOST`` for one session). Records go to stdout and, optionally, are
+appended to a file that SIGHUP reopens (for logrotate).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import TextIO
+
+__all__ = ["LOGGER_NAME", "TwistedFormatter", "ReopenableFileHandler",
+           "default_log_file", "setup_logging", "log", "reopen_log_files"]
+
+LOGGER_NAME = "greencmd"
+LIFECYCLE = "-"
+
+
+class TwistedFormatter(logging.Formatter):
+    """Formats records as Twisted's ``FileLogObserver`` did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """``YYYY-MM-DD HH:MM:SS+ZZZZ [system] message``."""
+        second = int(record.created)
+        # One strftime per second, not per line: it dominates a busy log otherwise.
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S%z", time.localtime(second))
+        system = getattr(record, "system", LIFECYCLE)
+        return "%s [%s] %s" % (self._stamp, system, record.getMessage())
+
+
+class ReopenableFileHandler(logging.StreamHandler):
+    """Appends to a file, creating its directory; ``reopen()`` follows a rotation."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(self._open())
+
+    def _open(self) -> TextIO:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        return open(self.path, "a", encoding="utf-8", errors="backslashreplace")
+
+    def reopen(self) -> None:
+        """Close and reopen the file, e.g. after logrotate moved it (SIGHUP)."""
+        self.acquire()
+        try:
+            new = self._open()
+            old, self.stream = self.stream, new
+            old.close()
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        """Close the file."""
+        self.acquire()
+        try:
+            self.stream.close()
+        finally:
+            self.release()
+        super().close()
+
+
+def default_log_file() -> str:
+    """``$XDG_STATE_HOME/greencmd/server.log``, or under ``~/.local/state``."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(state, "greencmd", "server.log")
+
+
+def setup_logging(log_file: str | None, stream: TextIO | None = None
+                  ) -> ReopenableFileHandler | None:
+    """Send the ``greencmd`` log to stdout and ``log_file``; returns the file handler.
+
+    Raises OSError when the log file cannot be opened.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    formatter = TwistedFormatter()
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stdout)]
+    file_handler = ReopenableFileHandler(log_file) if log_file else None
+    if file_handler:
+        handlers.append(file_handler)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    return file_handler
+
+
+_logger = logging.getLogger(LOGGER_NAME)
+
+
+def reopen_log_files() -> None:
+    """Reopen every log file (on SIGHUP, after logrotate moved them)."""
+    for handler in _logger.handlers:
+        if isinstance(handler, ReopenableFileHandler):
+            handler.reopen()
+
+
+def log(message: str, system: str = LIFECYCLE) -> None:
+    """Log one line as ``system``."""
+    _logger.info(message, extra={"system": system})

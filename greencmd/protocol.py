@@ -1,0 +1,178 @@
+"""The greencmd wire protocol: framing, request parsing and reply texts. No I/O.
+
+Everything a peer can see on the wire is spelled here once, and imported by the
+gevent server, the client and the Twisted twin, so the engines can differ only
+in how they wait, never in what they answer. The contract is
+``shared/spec/protocol.md``; the replies keep the original tutorial's spelling
+("occured") because scripts parse them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+__all__ = [
+    "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_LINE", "LASTLOG_DEFAULT_LINES",
+    "LASTLOG_MAX_LINES", "COMMAND_SYNTAX", "HELP", "COMMAND_NOT_FOUND", "NO_PATH",
+    "LINE_TOO_LONG", "TOO_MANY", "IDLE_TIMEOUT", "SHUTTING_DOWN", "ERROR_PREFIX",
+    "LineBuffer", "Request", "parse_request", "parse_lastlog_count", "error",
+    "hash_reply", "lastlog_reply", "is_error_reply", "printable",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9999
+DEFAULT_MAX_LINE = 8192
+
+LASTLOG_DEFAULT_LINES = 10
+LASTLOG_MAX_LINES = 1000
+
+#: Command word -> how ``help`` shows it. Both engines dispatch on these keys.
+COMMAND_SYNTAX: dict[bytes, str] = {
+    b"lastlog": "lastlog [N]",
+    b"comhash": "comhash PATH",
+    b"help": "help",
+    b"exit": "exit",
+}
+#: Words that end the session without a reply.
+EXIT_WORDS = frozenset({b"exit", b"quit"})
+
+HELP = ("Commands: " + ", ".join(COMMAND_SYNTAX.values()) + "\n").encode()
+COMMAND_NOT_FOUND = b"Command not found.\n"
+NO_PATH = b"please provide a path.\n"
+LINE_TOO_LONG = b"Line too long.\n"
+TOO_MANY = b"Too many connections, bye!\n"
+IDLE_TIMEOUT = b"Idle timeout, bye!\n"
+SHUTTING_DOWN = b"Server shutting down, bye!\n"
+ERROR_PREFIX = b"An error occured: "
+HASH_PREFIX = b"File hash is : "
+LASTLOG_BEGIN = b"Begin lastlog\n"
+LASTLOG_END = b"End lastlog\n"
+LASTLOG_BAD_COUNT = "lastlog takes a line count from %d to %d" % (1, LASTLOG_MAX_LINES)
+
+#: First lines that make ``greencmd client`` exit 1: the request failed.
+ERROR_REPLIES = (ERROR_PREFIX, COMMAND_NOT_FOUND, NO_PATH, LINE_TOO_LONG, TOO_MANY)
+
+
+class LineBuffer:
+    """Split a byte stream into request lines, never holding much more than one line.
+
+    ``feed()`` returns the complete lines in a chunk, without their LF and without
+    one CR right before it. Once a line longer than ``max_line`` shows up (complete
+    or not), ``too_long`` becomes true, that line and everything after it is
+    dropped, and every later ``feed()`` returns nothing: the caller answers the
+    lines it got, then ``LINE_TOO_LONG``, then hangs up.
+    """
+
+    __slots__ = ("max_line", "too_long", "_pending")
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self.max_line = max_line
+        self.too_long = False
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return the lines they complete, in order."""
+        if self.too_long:
+            return []
+        if self._pending:
+            data = self._pending + data
+        lines = data.split(b"\n")
+        # The last piece is an unfinished line (b"" when data ended with LF).
+        self._pending = lines.pop()
+        limit = self.max_line
+        for index, line in enumerate(lines):
+            if line[-1:] == b"\r":
+                line = lines[index] = line[:-1]
+            if len(line) > limit:
+                return self._overflow(lines[:index])
+        # One byte of slack: a CR that may yet turn out to precede the LF.
+        if len(self._pending) > limit + 1:
+            return self._overflow(lines)
+        return lines
+
+    def finish(self) -> list[bytes]:
+        """At end of input: the last line if it had no LF (the spec counts it)."""
+        last, self._pending = self._pending, b""
+        if self.too_long or not last:
+            return []
+        if len(last) > self.max_line:
+            return self._overflow([])
+        return [last[:-1] if last[-1:] == b"\r" else last]
+
+    def _overflow(self, good: list[bytes]) -> list[bytes]:
+        self.too_long = True
+        self._pending = b""
+        return good
+
+
+class Request(NamedTuple):
+    """One parsed request line: the command word in lower case, and its argument."""
+
+    word: bytes
+    arg: bytes
+
+
+def parse_request(line: bytes) -> Request | None:
+    """Parse a request line; ``None`` for a blank line, which gets no reply."""
+    parts = line.split(None, 1)
+    if not parts:
+        return None
+    arg = parts[1].strip() if len(parts) > 1 else b""
+    return Request(parts[0].lower(), arg)
+
+
+def parse_lastlog_count(arg: bytes) -> int:
+    """The N of ``lastlog [N]``. Raises ValueError with the reply's message."""
+    if not arg:
+        return LASTLOG_DEFAULT_LINES
+    # isdigit() on bytes is ASCII-only, so int() never sees "+5", " 5" or "٥".
+    if arg.isdigit() and 1 <= int(arg) <= LASTLOG_MAX_LINES:
+        return int(arg)
+    raise ValueError(LASTLOG_BAD_COUNT)
+
+
+def error(message: str) -> bytes:
+    """The one-line error reply of a known command."""
+    # surrogateescape gives a client back the exact bytes of a path it sent.
+    text = " ".join(message.splitlines())
+    return ERROR_PREFIX + text.encode("utf-8", "surrogateescape") + b"\n"
+
+
+def hash_reply(hexdigest: str) -> bytes:
+    """The reply to a successful ``comhash``."""
+    return HASH_PREFIX + hexdigest.encode("ascii") + b"\n"
+
+
+def lastlog_reply(output: bytes) -> bytes:
+    """Frame ``tail`` output as the ``lastlog`` reply, leaving out ``==`` lines."""
+    lines = output.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    body = b"".join(line + b"\n" for line in lines if not line.startswith(b"=="))
+    return LASTLOG_BEGIN + body + LASTLOG_END
+
+
+def is_error_reply(first_line: bytes) -> bool:
+    """True when a reply's first line says the request failed (client exit 1)."""
+    return first_line.startswith(ERROR_REPLIES)
+
+
+def decode_path(arg: bytes) -> str:
+    """A request's path argument as the OS would take it (``os.fsdecode``)."""
+    return os.fsdecode(arg)
+
+
+def printable(data: bytes) -> str:
+    """Text for a log line: undecodable bytes and control characters escaped."""
+    text = data.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return "\\x%02x" % code
+    return "\\u%04x" % code if code < 0x10000 else "\\U%08x" % code

@@ -1,0 +1,331 @@
+"""The gevent command server: a StreamServer, one greenlet per session.
+
+:class:`Session` reads top to bottom like blocking code: read a line, run the
+command, write the reply. :class:`CommandServer` adds what the spec asks around
+it: max clients (refused, not queued), the session log, graceful shutdown.
+
+Errors: a client can only end its own session. Resource handling: every child,
+socket and greenlet a session makes is released when it ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+import gevent
+from gevent.event import Event
+from gevent.server import StreamServer
+from gevent.socket import wait_read
+
+from . import protocol
+from .commands import COMMANDS, Runtime
+from .config import ServerConfig, describe_lastlog_source
+from .errors import BindError, describe_os_error
+from .logs import log, reopen_log_files
+
+__all__ = ["CommandServer", "Session", "run"]
+
+#: Listen backlog: the default 128 drops part of a burst of a few hundred connects.
+BACKLOG = 4096
+#: Bytes asked of one recv(); a pipelined burst is split into lines in one go.
+RECV_SIZE = 65536
+#: After we hang up, how long and how much we read and drop so the client's
+#: unread requests do not turn our last reply into a reset (lingering close).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
+
+CLEAN = "Connection was closed cleanly."
+RESET = "Connection was reset by peer."
+IDLE = "Idle timeout."
+TOO_LONG = "Line too long."
+REFUSED = "Refused: too many connections."
+SHUTDOWN = "Server shutting down."
+
+
+class ClientGone(Exception):
+    """The client reset the connection, or a reply could not be written."""
+
+
+class ShuttingDown(Exception):
+    """Thrown into a session's greenlet when the server closes it at shutdown."""
+
+
+class Session:
+    """One client connection, served by one greenlet from accept to close."""
+
+    def __init__(self, server: CommandServer, sock: socket.socket, host: str,
+                 number: int) -> None:
+        self.server = server
+        self.sock = sock
+        self.host = host
+        self.system = "CmdSession,%d,%s" % (number, host)
+        self.busy = False
+        self.idle_timeout = server.config.idle_timeout or None
+        self.deadline = 0.0
+
+    def run(self) -> None:
+        """Serve requests until the client leaves; log why the session ended."""
+        try:
+            reason = self._serve()
+        except ClientGone:
+            reason = RESET
+        except ShuttingDown:
+            reason = SHUTDOWN
+            self._send_quietly(protocol.SHUTTING_DOWN)
+        finally:
+            self.busy = False
+        log("Lost client connection. Reason: %s" % reason, self.system)
+
+    def _serve(self) -> str:
+        lines = protocol.LineBuffer(self.server.config.max_line)
+        self._restart_idle_clock()
+        while True:
+            data = self._receive()
+            if data is None:
+                self._send(protocol.IDLE_TIMEOUT)
+                return IDLE
+            if not self._answer(lines.feed(data) if data else lines.finish()):
+                return CLEAN
+            if lines.too_long:
+                self._send(protocol.LINE_TOO_LONG)
+                return TOO_LONG
+            if not data:
+                return CLEAN
+
+    def _restart_idle_clock(self) -> None:
+        if self.idle_timeout:
+            self.deadline = time.monotonic() + self.idle_timeout
+
+    def _receive(self) -> bytes | None:
+        """The next bytes from the client; b"" at EOF, ``None`` after the idle timeout.
+
+        The idle clock counts from the last complete line (or reply), so a client
+        that trickles bytes without ever ending a line is timed out too.
+        """
+        try:
+            if self.idle_timeout:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.sock.settimeout(left)
+            return self.sock.recv(RECV_SIZE)
+        except TimeoutError:
+            return None
+        except OSError as exc:
+            raise ClientGone() from exc
+
+    def _answer(self, lines: list[bytes]) -> bool:
+        """Answer ``lines`` in order; False once the client said ``exit``.
+
+        Replies of quick commands are gathered and sent in one write; before a
+        command that waits, what is owed so far goes out first.
+        """
+        if not lines:
+            return True
+        self.busy = True
+        try:
+            more = self._run_lines(lines)
+        finally:
+            self.busy = False
+            self.server.session_idle()
+        self._restart_idle_clock()
+        return more
+
+    def _run_lines(self, lines: list[bytes]) -> bool:
+        runtime, owed = self.server.runtime, []
+        for line in lines:
+            if self.server.closing:
+                self._flush(owed)
+                self._wait_for_shutdown()
+            request = protocol.parse_request(line)
+            if request is None:
+                continue
+            self._log_request(line)
+            if request.word in protocol.EXIT_WORDS:
+                self._flush(owed)
+                return False
+            command = COMMANDS.get(request.word)
+            if command is None:
+                owed.append(protocol.COMMAND_NOT_FOUND)
+            elif command.waits:
+                owed = self._flush(owed)
+                owed.append(self._run_watched(command.run, runtime, request.arg))
+            else:
+                owed.append(command.run(runtime, request.arg))
+        self._flush(owed)
+        return True
+
+    def _run_watched(self, run, runtime: Runtime, arg: bytes) -> bytes:
+        """Run a command that waits, ending it early if the client resets."""
+        watcher = gevent.spawn(self._watch_for_reset, gevent.getcurrent())
+        try:
+            return run(runtime, arg)
+        finally:
+            watcher.kill(block=False)
+
+    def _watch_for_reset(self, session: gevent.Greenlet) -> None:
+        # Only a reset means the client is gone: EOF is a half-close, and data is
+        # the next request. Either way there is nothing more to watch for.
+        try:
+            wait_read(self.sock.fileno())
+            self.sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            session.kill(ClientGone, block=False)
+
+    def _wait_for_shutdown(self) -> None:
+        # The server is closing: run no more commands; it throws ShuttingDown in.
+        self.busy = False
+        self.server.session_idle()
+        Event().wait()
+
+    def _log_request(self, line: bytes) -> None:
+        if not self.server.config.quiet:
+            log("Cmd received from %s : %s" % (self.host, protocol.printable(line)),
+                self.system)
+
+    def _flush(self, owed: list[bytes]) -> list[bytes]:
+        if owed:
+            self._send(b"".join(owed) if len(owed) > 1 else owed[0])
+        return []
+
+    def _send(self, data: bytes) -> None:
+        try:
+            # A client gets the whole idle timeout to take a reply, not what was left.
+            self.sock.settimeout(self.idle_timeout)
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise ClientGone() from exc
+
+    def _send_quietly(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            pass
+
+
+class CommandServer(StreamServer):
+    """Accepts connections and runs a :class:`Session` for each, up to max clients.
+
+    gevent's ``Pool`` would queue the extra clients unanswered, so the limit is
+    our own count, and the refused get a reply at once.
+    """
+
+    def __init__(self, config: ServerConfig, runtime: Runtime | None = None) -> None:
+        super().__init__((config.host, config.port), backlog=BACKLOG)
+        self.config = config
+        self.runtime = runtime or Runtime.from_config(config)
+        self.sessions: dict[gevent.Greenlet, Session] = {}
+        self.accepted = 0
+        self.closing = False
+        self._idle = Event()
+
+    def handle(self, sock: socket.socket, address: tuple) -> None:
+        """Serve one connection (gevent closes ``sock`` when this returns)."""
+        number, self.accepted = self.accepted, self.accepted + 1
+        host = address[0]
+        log("Client connection from %s" % host, "CommandServer")
+        sock.settimeout(self.config.idle_timeout or None)
+        if len(self.sessions) >= self.config.max_clients or self.closing:
+            session_system = "CmdSession,%d,%s" % (number, host)
+            try:
+                sock.sendall(protocol.TOO_MANY)
+            except OSError:
+                pass
+            log("Lost client connection. Reason: %s" % REFUSED, session_system)
+            linger_close(sock)
+            return
+        session = Session(self, sock, host, number)
+        me = gevent.getcurrent()
+        self.sessions[me] = session
+        try:
+            session.run()
+        finally:
+            del self.sessions[me]
+            self.session_idle()
+        linger_close(sock)
+
+    def session_idle(self) -> None:
+        """A session finished a batch of commands; wake a waiting shutdown."""
+        if self.closing and not any(s.busy for s in self.sessions.values()):
+            self._idle.set()
+
+    def shutdown(self, grace: float) -> None:
+        """Stop accepting, let commands finish for ``grace`` seconds, then say bye.
+
+        Every session still open gets ``SHUTTING_DOWN``; returns once all are closed.
+        """
+        self.closing = True
+        self.close()
+        self.session_idle()
+        if self.sessions:
+            self._idle.wait(grace)
+        for greenlet in list(self.sessions):
+            greenlet.kill(ShuttingDown, block=False)
+        gevent.joinall(list(self.sessions), timeout=LINGER_SECONDS + 1)
+        # Whatever still hangs (a client that reads nothing) is cut off.
+        gevent.killall(list(self.sessions), timeout=1)
+        self.runtime.pool.kill()
+
+
+def linger_close(sock: socket.socket) -> None:
+    """Hang up politely: send FIN, read and drop what the client still sends.
+
+    Closing with unread input makes the kernel send a reset, and a reset can
+    destroy the reply the client has not read yet ("Line too long.", a bye).
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        dropped = 0
+        while dropped < LINGER_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            sock.settimeout(left)
+            chunk = sock.recv(RECV_SIZE)
+            if not chunk:
+                break
+            dropped += len(chunk)
+    except OSError:
+        pass
+    sock.close()
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with brackets around an IPv6 host."""
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+
+def run(config: ServerConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully.
+
+    Logging must be set up by the caller. Raises :class:`BindError` when the
+    address cannot be bound.
+    """
+    server = CommandServer(config)
+    try:
+        server.start()
+    except OSError as exc:
+        server.runtime.pool.kill()
+        raise BindError("cannot listen on %s: %s" % (
+            format_address(config.host, config.port), describe_os_error(exc))) from None
+    log("greencmd.server.CommandServer starting on %s"
+        % format_address(*server.address[:2]))
+    log(describe_lastlog_source(server.runtime.lastlog_source,
+                                server.runtime.lastlog_tried))
+    stop = Event()
+    signals = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signals.append(gevent.signal_handler(signum, stop.set))
+    signals.append(gevent.signal_handler(signal.SIGHUP, reopen_log_files))
+    try:
+        stop.wait()
+        log("Shutting down: closing the listener, %g seconds' grace for commands"
+            % config.grace)
+        server.shutdown(config.grace)
+    finally:
+        for handler in signals:
+            handler.cancel()
+    log("Main loop terminated.")
