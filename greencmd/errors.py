@@ -11,5 +11,7 @@ class BindError(Exception):
 
 def describe_os_error(exc: OSError) -> str:
     """``[Errno 98] Address already in use`` -> ``address already in use``."""
-    text = exc.strerror or str(exc) or type(exc).__name__
+    # args[1] is the system's text; gevent appends the address to .strerror.
+    text = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else None
+    text = text or exc.strerror or str(exc) or type(exc).__name__
     return text[:1].lower() + text[1:]

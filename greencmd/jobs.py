@@ -36,6 +36,8 @@ def hash_file(arg: bytes, root: str | None) -> bytes:
     if not arg:
         return protocol.NO_PATH
     path = protocol.decode_path(arg)
+    if "\0" in path:
+        return protocol.error("%r: a file name cannot contain a NUL byte" % path)
     try:
         if root is not None:
             path = _inside_root(path, root)

@@ -126,9 +126,11 @@ def parse_lastlog_count(arg: bytes) -> int:
     """The N of ``lastlog [N]``. Raises ValueError with the reply's message."""
     if not arg:
         return LASTLOG_DEFAULT_LINES
-    # isdigit() on bytes is ASCII-only, so int() never sees "+5", " 5" or "٥".
-    if arg.isdigit() and 1 <= int(arg) <= LASTLOG_MAX_LINES:
-        return int(arg)
+    # isdigit() on bytes is ASCII-only, so int() never sees "+5", " 5" or "٥";
+    # the length check keeps it from a 5,000-digit string (and Python's own limit).
+    digits = arg.lstrip(b"0")
+    if arg.isdigit() and len(digits) <= 4 and 1 <= int(digits or b"0") <= LASTLOG_MAX_LINES:
+        return int(digits)
     raise ValueError(LASTLOG_BAD_COUNT)
 
 

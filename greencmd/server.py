@@ -258,6 +258,7 @@ class CommandServer(StreamServer):
         """
         self.closing = True
         self.close()
+        log("Shutting down: stopped listening; %g seconds' grace for commands" % grace)
         self.session_idle()
         if self.sessions:
             self._idle.wait(grace)
@@ -322,8 +323,6 @@ def run(config: ServerConfig) -> None:
     signals.append(gevent.signal_handler(signal.SIGHUP, reopen_log_files))
     try:
         stop.wait()
-        log("Shutting down: closing the listener, %g seconds' grace for commands"
-            % config.grace)
         server.shutdown(config.grace)
     finally:
         for handler in signals:

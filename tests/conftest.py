@@ -1,0 +1,236 @@
+"""Fixtures: real greencmd servers on port 0, real sockets, real files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+STARTING = re.compile(r"starting on (\S+):(\d+)$")
+
+
+def greencmd_env(**extra: str) -> dict[str, str]:
+    """The environment for a greencmd child: this checkout first on the path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREENCMD_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def run_greencmd(*args: str, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m greencmd ARGS`` to completion."""
+    kwargs.setdefault("env", greencmd_env())
+    return subprocess.run([sys.executable, "-m", "greencmd", *args], capture_output=True,
+                          timeout=timeout, **kwargs)
+
+
+class Server:
+    """A ``greencmd serve`` child process and the lines it logged."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "greencmd", "serve", *args], cwd=cwd, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._collect, daemon=True).start()
+        match = self.wait_for_log(STARTING.search)
+        self.host, self.port = match.group(1), int(match.group(2))
+
+    def _collect(self) -> None:
+        for raw in self.proc.stdout:
+            with self._changed:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_log(self, predicate, timeout: float = 15):
+        """The first truthy ``predicate(line)`` of the log, waiting for it."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    result = predicate(line)
+                    if result:
+                        return result
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and seen == len(self.lines)):
+                    raise AssertionError("log never showed it; log so far:\n"
+                                         + "\n".join(self.lines)
+                                         + "\nstderr: %r" % self._stderr())
+                self._changed.wait(min(left, 0.2))
+
+    def count_log(self, text: str) -> int:
+        """How many log lines contain ``text``."""
+        with self._changed:
+            return sum(text in line for line in self.lines)
+
+    def wait_for_count(self, text: str, count: int, timeout: float = 15) -> None:
+        """Wait until ``count`` log lines contain ``text``."""
+        self.wait_for_log(lambda _: self.count_log(text) >= count, timeout)
+
+    def _stderr(self) -> bytes:
+        if self.proc.poll() is None:
+            return b"(still running)"
+        return self.proc.stderr.read()
+
+    def children(self) -> list[int]:
+        """PIDs whose parent is the server (zombies included)."""
+        return children_of(self.proc.pid)
+
+    def fd_count(self) -> int:
+        """Open file descriptors of the server process."""
+        return len(os.listdir("/proc/%d/fd" % self.proc.pid))
+
+    def connect(self, timeout: float = 10) -> socket.socket:
+        """A client socket connected to the server."""
+        return socket.create_connection((self.host, self.port), timeout=timeout)
+
+    def talk(self, data: bytes, timeout: float = 20) -> bytes:
+        """Send ``data``, close the sending side, return all the server says."""
+        with self.connect(timeout) as sock:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            return read_all(sock)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the server and return its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("server did not exit within %gs of signal %d"
+                                 % (timeout, signum)) from None
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the peer closes."""
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def read_until(sock: socket.socket, end: bytes) -> bytes:
+    """Read until the data received ends with ``end`` (or the peer closes)."""
+    data = b""
+    while not data.endswith(end):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs of the live or zombie children of ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: split after the last ")".
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def wait_until(predicate, timeout: float = 15, message: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; fail the test if it never does."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("%s did not hold within %gs" % (message, timeout))
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Start servers with extra ``serve`` options; each is stopped and checked after.
+
+    By default the log file is in tmp_path and lastlog tails a small file there.
+    At teardown: no child process may be left, and SIGTERM must give exit 0.
+    """
+    servers: list[Server] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, **kwargs) -> Server:
+        options = list(args)
+        if not any(a.startswith("--log-file") for a in options):
+            options += ["--log-file", str(tmp_path / "server.log")]
+        if not any(a.startswith("--lastlog-file") for a in options):
+            options += ["--lastlog-file", str(sample_log(tmp_path))]
+        server = Server(["--port", "0", *options], kwargs.get("cwd", tmp_path),
+                        env or greencmd_env())
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if server.proc.poll() is None:
+            wait_until(lambda s=server: not s.children(), 15, "no child process left")
+            assert server.stop() == 0
+
+
+@pytest.fixture
+def server(start_server):
+    """One server with default options."""
+    return start_server()
+
+
+SAMPLE_LINES = [b"line %d of the sample log" % i for i in range(1, 21)]
+
+
+def sample_log(directory: Path) -> Path:
+    """A 20-line log file, with a ``==>`` header line that lastlog leaves out."""
+    path = directory / "sample.log"
+    if not path.exists():
+        body = SAMPLE_LINES[:15] + [b"==> header <=="] + SAMPLE_LINES[15:]
+        path.write_bytes(b"\n".join(body) + b"\n")
+    return path
+
+
+HELP = b"Commands: lastlog [N], comhash PATH, help, exit\n"
+NOT_FOUND = b"Command not found.\n"
+BIG = 1 << 30  # sparse, so it costs no disk, but hashing it takes a while
+
+
+def lastlog_of(lines: list[bytes]) -> bytes:
+    """The lastlog reply that carries ``lines``."""
+    return b"Begin lastlog\n" + b"".join(line + b"\n" for line in lines) + b"End lastlog\n"
+
+
+def hash_line(data: bytes) -> bytes:
+    """The comhash reply for a file holding ``data``."""
+    return b"File hash is : %s\n" % hashlib.sha1(data).hexdigest().encode()
+
+
+def sha1_of_file(path) -> bytes:
+    """The comhash reply for the file at ``path``, hashed here."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return b"File hash is : %s\n" % digest.hexdigest().encode()

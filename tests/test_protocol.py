@@ -1,0 +1,128 @@
+"""The protocol module on its own: framing and parsing need no socket."""
+
+import pytest
+
+from greencmd import protocol
+from greencmd.commands import COMMANDS
+from greencmd.protocol import LineBuffer, Request, parse_request
+
+
+def feed_bytewise(buffer: LineBuffer, data: bytes) -> list[bytes]:
+    lines = []
+    for i in range(len(data)):
+        lines += buffer.feed(data[i:i + 1])
+    return lines
+
+
+def test_lines_split_whole_and_byte_by_byte():
+    data = b"help\r\nlastlog 5\ncomhash a b \r\n\n"
+    expected = [b"help", b"lastlog 5", b"comhash a b ", b""]
+    assert LineBuffer().feed(data) == expected
+    assert feed_bytewise(LineBuffer(), data) == expected
+
+
+def test_only_one_cr_before_lf_is_dropped():
+    assert LineBuffer().feed(b"a\r\r\nb\rc\n") == [b"a\r", b"b\rc"]
+
+
+def test_unterminated_last_line_counts_at_eof():
+    buffer = LineBuffer()
+    assert buffer.feed(b"help\nlast") == [b"help"]
+    assert buffer.finish() == [b"last"]
+    assert buffer.finish() == []
+
+
+def test_line_of_exactly_max_line_is_accepted_with_or_without_cr():
+    assert LineBuffer(4).feed(b"abcd\n") == [b"abcd"]
+    assert feed_bytewise(LineBuffer(4), b"abcd\r\n") == [b"abcd"]
+    buffer = LineBuffer(4)
+    assert buffer.feed(b"abcd\r") == [] and not buffer.too_long
+
+
+def test_line_over_max_line_stops_the_stream_after_earlier_lines():
+    buffer = LineBuffer(4)
+    assert buffer.feed(b"ok\nabcde\nhelp\n") == [b"ok"]
+    assert buffer.too_long
+    assert buffer.feed(b"help\n") == [] and buffer.finish() == []
+
+
+def test_unfinished_line_over_the_limit_is_caught_before_its_lf():
+    buffer = LineBuffer(8)
+    assert buffer.feed(b"x" * 9) == []
+    assert not buffer.too_long  # may still be 8 bytes and a CR
+    buffer.feed(b"x")
+    assert buffer.too_long
+
+
+def test_buffer_never_holds_more_than_about_one_line():
+    buffer = LineBuffer(100)
+    for _ in range(1000):
+        buffer.feed(b"y" * 50)
+        if buffer.too_long:
+            break
+    assert buffer.too_long
+    assert len(buffer._pending) == 0
+
+
+def test_unterminated_line_over_the_limit_at_eof():
+    buffer = LineBuffer(3)
+    assert buffer.feed(b"abcd") == []
+    assert buffer.finish() == [] and buffer.too_long
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b"", None), (b"   ", None), (b" \t ", None),
+    (b"help", Request(b"help", b"")),
+    (b"LastLog 5", Request(b"lastlog", b"5")),
+    (b"  comhash   /a dir/my file  ", Request(b"comhash", b"/a dir/my file")),
+    (b"\xff\xfe x", Request(b"\xff\xfe", b"x")),
+])
+def test_parse_request(line, expected):
+    assert parse_request(line) == expected
+
+
+@pytest.mark.parametrize("arg, count", [(b"", 10), (b"1", 1), (b"1000", 1000), (b"010", 10),
+                                        (b"0" * 5000 + b"7", 7)])
+def test_lastlog_count_accepted(arg, count):
+    assert protocol.parse_lastlog_count(arg) == count
+
+
+@pytest.mark.parametrize("arg", [b"0", b"1001", b"-1", b"+5", b"x", b"5 6", b"\xd9\xa5",
+                                 b"99999999999999999999999", b"9" * 5000, b"0" * 5000])
+def test_lastlog_count_refused(arg):
+    with pytest.raises(ValueError, match="from 1 to 1000"):
+        protocol.parse_lastlog_count(arg)
+
+
+def test_lastlog_reply_frames_and_drops_header_lines():
+    assert protocol.lastlog_reply(b"a\n==> f <==\nb") == b"Begin lastlog\na\nb\nEnd lastlog\n"
+    assert protocol.lastlog_reply(b"") == b"Begin lastlog\nEnd lastlog\n"
+
+
+def test_error_reply_is_one_line_and_keeps_path_bytes():
+    assert protocol.error("x\ny") == b"An error occured: x y\n"
+    path = b"/tmp/\xff"
+    assert protocol.error(protocol.decode_path(path)) == b"An error occured: /tmp/\xff\n"
+
+
+def test_help_lists_every_command_the_dispatch_table_has():
+    assert protocol.HELP == b"Commands: lastlog [N], comhash PATH, help, exit\n"
+    assert set(COMMANDS) | {b"exit"} == set(protocol.COMMAND_SYNTAX)
+
+
+@pytest.mark.parametrize("data, text", [
+    (b"hello server", "hello server"),
+    (b"a\x1bb\x00c\td", "a\\x1bb\\x00c\\x09d"),
+    (b"\xff\xfe", "\\xff\\xfe"),
+    ("é\u2028".encode(), "é\\u2028"),
+])
+def test_printable_escapes_what_a_terminal_would_act_on(data, text):
+    assert protocol.printable(data) == text
+
+
+def test_error_replies_are_recognised():
+    for reply in (protocol.COMMAND_NOT_FOUND, protocol.NO_PATH, protocol.LINE_TOO_LONG,
+                  protocol.TOO_MANY, protocol.error("x")):
+        assert protocol.is_error_reply(reply)
+    assert not protocol.is_error_reply(protocol.HELP)
+    assert not protocol.is_error_reply(protocol.hash_reply("0" * 40))

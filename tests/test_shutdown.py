@@ -1,0 +1,111 @@
+"""Shutdown on SIGTERM/SIGINT, and start-up failures."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import (
+    BIG,
+    HELP,
+    greencmd_env,
+    read_all,
+    read_until,
+    run_greencmd,
+    sha1_of_file,
+    wait_until,
+)
+
+BYE = b"Server shutting down, bye!\n"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_lets_the_hash_finish_then_says_bye_to_everyone(start_server, tmp_path, signum):
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(BIG)
+    server = start_server()
+    hashing = server.connect(timeout=60)
+    hashing.sendall(b"comhash %s\nhelp\n" % bytes(big))
+    idle = server.connect()
+    idle.sendall(b"help\n")
+    assert read_until(idle, b"\n") == HELP
+    server.wait_for_log(lambda line: "comhash" in line)
+    server.proc.send_signal(signum)
+    server.wait_for_log(lambda line: "Shutting down" in line)
+    # New connections are refused at once...
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((server.host, server.port), timeout=5)
+    # ...the hash in flight is delivered, the pipelined help after it is not run,
+    assert read_all(hashing) == sha1_of_file(big) + BYE
+    # ...and the idle session gets the bye.
+    assert read_all(idle) == BYE
+    assert server.proc.wait(30) == 0
+    assert server.count_log("Reason: Server shutting down.") == 2
+    assert server.lines[-1].endswith("Main loop terminated.")
+
+
+def test_grace_runs_out_for_a_command_that_never_ends(start_server, tmp_path):
+    fifo = tmp_path / "never.fifo"
+    os.mkfifo(fifo)
+    server = start_server("--lastlog-file", str(fifo), "--grace", "0.5",
+                          "--command-timeout", "120")
+    with server.connect(timeout=30) as sock:
+        sock.sendall(b"lastlog\n")
+        wait_until(lambda: server.children(), 10, "tail started")
+        server.proc.send_signal(signal.SIGTERM)
+        assert read_all(sock) == BYE
+    assert server.proc.wait(30) == 0
+    assert server.children() == []
+
+
+def test_shutdown_with_no_sessions_is_prompt(start_server):
+    server = start_server()
+    assert server.stop(timeout=5) == 0
+
+
+def test_busy_port_exits_1_with_one_sentence(server):
+    result = run_greencmd("serve", "--port", str(server.port), "--log-file", "")
+    assert result.returncode == 1
+    assert result.stderr == b"greencmd: cannot listen on 127.0.0.1:%d: address already in use\n" \
+        % server.port
+
+
+def test_unusable_address_exits_1_with_one_sentence():
+    result = run_greencmd("serve", "--host", "192.0.2.1", "--port", "0", "--log-file", "")
+    assert result.returncode == 1
+    assert result.stderr.startswith(b"greencmd: cannot listen on 192.0.2.1:0: ")
+    assert result.stderr.count(b"\n") == 1 and b"Traceback" not in result.stderr
+
+
+def test_unwritable_log_file_is_a_usage_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run_greencmd("serve", "--port", "0", "--log-file", str(blocker / "x.log"))
+    assert result.returncode == 2
+    assert b"--log-file" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_ipv6_loopback(start_server):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    server = start_server("--host", "::1")
+    assert server.host == "[::1]"
+    with socket.create_connection(("::1", server.port)) as sock:
+        sock.sendall(b"help\n")
+        sock.shutdown(socket.SHUT_WR)
+        assert read_all(sock) == HELP
+
+
+def test_bin_greencmd_runs_from_the_checkout(tmp_path):
+    env = {k: v for k, v in greencmd_env().items() if k != "PYTHONPATH"}
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bin", "greencmd")
+    result = subprocess.run([sys.executable, script, "--version"], env=env, cwd=tmp_path,
+                            capture_output=True, timeout=30)
+    assert result.returncode == 0 and b"greencmd, version" in result.stdout
