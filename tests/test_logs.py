@@ -1,0 +1,72 @@
+"""The server log: Twisted's format, escaping, files, SIGHUP, --quiet."""
+
+import re
+import signal
+
+from conftest import HELP, Server, greencmd_env, wait_until
+
+LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] \S.*$")
+
+
+def test_every_line_has_twisteds_format(server):
+    assert server.talk(b"hello server\n") == b"Command not found.\n"
+    server.wait_for_log(lambda line: "Lost client connection" in line)
+    assert all(LINE.match(line) for line in server.lines), server.lines
+    systems = [re.search(r"\[([^\]]+)\] (.*)", line).groups() for line in server.lines]
+    assert systems[0] == ("-", "Log opened.")
+    assert systems[1][0] == "-" and systems[1][1].startswith(
+        "greencmd.server.CommandServer starting on 127.0.0.1:")
+    assert ("CommandServer", "Client connection from 127.0.0.1") in systems
+    assert ("CmdSession,0,127.0.0.1", "Cmd received from 127.0.0.1 : hello server") in systems
+    assert ("CmdSession,0,127.0.0.1",
+            "Lost client connection. Reason: Connection was closed cleanly.") in systems
+
+
+def test_control_bytes_and_bad_utf8_are_escaped_in_the_log(server):
+    server.talk(b"he\x1b[2Jllo \xff\xfe \x07\x00 caf\xc3\xa9\n")
+    line = server.wait_for_log(lambda line: "Cmd received" in line and line)
+    assert line.endswith(r"he\x1b[2Jllo \xff\xfe \x07\x00 café")
+
+
+def test_log_file_gets_the_same_lines_and_is_appended(start_server, tmp_path):
+    path = tmp_path / "logs" / "deep" / "server.log"
+    path.parent.mkdir(parents=True)
+    path.write_text("earlier line\n")
+    server = start_server("--log-file", str(path))
+    server.talk(b"help\n")
+    server.wait_for_log(lambda line: "Lost client connection" in line)
+    assert server.stop() == 0
+    text = path.read_text().splitlines()
+    assert text[0] == "earlier line"
+    assert text[1:] == server.lines
+
+
+def test_default_log_file_is_under_xdg_state_home(tmp_path):
+    # Not start_server: it always names a --log-file, and this test is about none.
+    server = Server(["--port", "0", "--lastlog-file", "x"], tmp_path,
+                    greencmd_env(XDG_STATE_HOME=str(tmp_path / "state")))
+    try:
+        log = tmp_path / "state" / "greencmd" / "server.log"
+        wait_until(lambda: log.exists() and "starting on" in log.read_text(), 10,
+                   "log file written")
+    finally:
+        assert server.stop() == 0
+
+
+def test_sighup_reopens_the_log_file(start_server, tmp_path):
+    path = tmp_path / "rot.log"
+    server = start_server("--log-file", str(path))
+    path.rename(tmp_path / "rot.log.1")
+    server.proc.send_signal(signal.SIGHUP)
+    wait_until(path.exists, 10, "log file reopened")
+    assert server.talk(b"help\n") == HELP
+    wait_until(lambda: "Client connection" in path.read_text(), 10, "new file written")
+    assert "Client connection" not in (tmp_path / "rot.log.1").read_text()
+
+
+def test_quiet_logs_connections_but_not_commands(start_server):
+    server = start_server("--quiet")
+    server.talk(b"help\nnope\n")
+    server.wait_for_log(lambda line: "Lost client connection" in line)
+    assert server.count_log("Client connection from") == 1
+    assert server.count_log("Cmd received") == 0
