@@ -152,3 +152,5 @@ def test_bad_sessions_leave_no_file_descriptor_behind(server, tmp_path):
         sock.close()
     server.wait_for_count("Lost client connection", 71)
     assert server.fd_count() == before
+    assert server.stop() == 0
+    assert server.count_log("Stopped with 0 greenlets left") == 1
