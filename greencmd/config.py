@@ -9,6 +9,15 @@ from . import protocol
 
 __all__ = ["ServerConfig", "LASTLOG_CANDIDATES", "choose_lastlog_source"]
 
+#: Listen backlog: the default 128 drops part of a burst of a few hundred connects.
+BACKLOG = 4096
+#: Bytes asked of one recv(); a pipelined burst is split into lines in one go.
+RECV_SIZE = 65536
+#: After the server hangs up, how long and how much it reads and drops, so that the
+#: client's unread requests do not turn its last reply into a reset (lingering close).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
+
 #: System logs tried, in order, when --lastlog-file is not given.
 LASTLOG_CANDIDATES = ("/var/log/syslog", "/var/log/messages")
 

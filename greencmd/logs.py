@@ -14,11 +14,23 @@ import sys
 import time
 from typing import TextIO
 
-__all__ = ["LOGGER_NAME", "TwistedFormatter", "ReopenableFileHandler",
-           "default_log_file", "setup_logging", "log", "reopen_log_files"]
+from .protocol import printable
+
+__all__ = ["LOGGER_NAME", "TwistedFormatter", "ReopenableFileHandler", "default_log_file",
+           "setup_logging", "log", "reopen_log_files", "session_system", "log_connection",
+           "log_lost", "log_request"]
 
 LOGGER_NAME = "greencmd"
 LIFECYCLE = "-"
+LISTENER = "CommandServer"
+
+# Why a session ended, as "Lost client connection. Reason: ..." says it.
+CLEAN = "Connection was closed cleanly."
+RESET = "Connection was reset by peer."
+IDLE = "Idle timeout."
+TOO_LONG = "Line too long."
+REFUSED = "Refused: too many connections."
+SHUTDOWN = "Server shutting down."
 
 
 class TwistedFormatter(logging.Formatter):
@@ -113,3 +125,23 @@ def reopen_log_files() -> None:
 def log(message: str, system: str = LIFECYCLE) -> None:
     """Log one line as ``system``."""
     _logger.info(message, extra={"system": system})
+
+
+def session_system(number: int, host: str) -> str:
+    """The ``[system]`` of session ``number``: ``CmdSession,N,HOST``."""
+    return "CmdSession,%d,%s" % (number, host)
+
+
+def log_connection(host: str) -> None:
+    """Log an accepted connection (refused ones included)."""
+    log("Client connection from %s" % host, LISTENER)
+
+
+def log_lost(reason: str, system: str) -> None:
+    """Log the end of a session and why."""
+    log("Lost client connection. Reason: %s" % reason, system)
+
+
+def log_request(host: str, line: bytes, system: str) -> None:
+    """Log a request line, escaped for a terminal."""
+    log("Cmd received from %s : %s" % (host, printable(line)), system)

@@ -23,28 +23,31 @@ from greenlet import greenlet
 
 from . import protocol
 from .commands import COMMANDS, Runtime
-from .config import ServerConfig, describe_lastlog_source
+from .config import (
+    BACKLOG,
+    LINGER_BYTES,
+    LINGER_SECONDS,
+    RECV_SIZE,
+    ServerConfig,
+    describe_lastlog_source,
+)
 from .errors import BindError, describe_os_error
-from .logs import log, reopen_log_files
+from .logs import (
+    CLEAN,
+    IDLE,
+    REFUSED,
+    RESET,
+    SHUTDOWN,
+    TOO_LONG,
+    log,
+    log_connection,
+    log_lost,
+    log_request,
+    reopen_log_files,
+    session_system,
+)
 
 __all__ = ["CommandServer", "Session", "run"]
-
-#: Listen backlog: the default 128 drops part of a burst of a few hundred connects.
-BACKLOG = 4096
-#: Bytes asked of one recv(); a pipelined burst is split into lines in one go.
-RECV_SIZE = 65536
-#: After we hang up, how long and how much we read and drop so the client's
-#: unread requests do not turn our last reply into a reset (lingering close).
-LINGER_SECONDS = 2.0
-LINGER_BYTES = 1 << 20
-
-CLEAN = "Connection was closed cleanly."
-RESET = "Connection was reset by peer."
-IDLE = "Idle timeout."
-TOO_LONG = "Line too long."
-REFUSED = "Refused: too many connections."
-SHUTDOWN = "Server shutting down."
-
 
 class ClientGone(Exception):
     """The client reset the connection, or a reply could not be written."""
@@ -62,7 +65,7 @@ class Session:
         self.server = server
         self.sock = sock
         self.host = host
-        self.system = "CmdSession,%d,%s" % (number, host)
+        self.system = session_system(number, host)
         self.busy = False
         self.idle_timeout = server.config.idle_timeout or None
         self.deadline = 0.0
@@ -78,7 +81,7 @@ class Session:
             self._send_quietly(protocol.SHUTTING_DOWN)
         finally:
             self.busy = False
-        log("Lost client connection. Reason: %s" % reason, self.system)
+        log_lost(reason, self.system)
 
     def _serve(self) -> str:
         lines = protocol.LineBuffer(self.server.config.max_line)
@@ -184,8 +187,7 @@ class Session:
 
     def _log_request(self, line: bytes) -> None:
         if not self.server.config.quiet:
-            log("Cmd received from %s : %s" % (self.host, protocol.printable(line)),
-                self.system)
+            log_request(self.host, line, self.system)
 
     def _flush(self, owed: list[bytes]) -> list[bytes]:
         if owed:
@@ -227,15 +229,14 @@ class CommandServer(StreamServer):
         """Serve one connection (gevent closes ``sock`` when this returns)."""
         number, self.accepted = self.accepted, self.accepted + 1
         host = address[0]
-        log("Client connection from %s" % host, "CommandServer")
+        log_connection(host)
         sock.settimeout(self.config.idle_timeout or None)
         if len(self.sessions) >= self.config.max_clients or self.closing:
-            session_system = "CmdSession,%d,%s" % (number, host)
             try:
                 sock.sendall(protocol.TOO_MANY)
             except OSError:
                 pass
-            log("Lost client connection. Reason: %s" % REFUSED, session_system)
+            log_lost(REFUSED, session_system(number, host))
             linger_close(sock)
             return
         session = Session(self, sock, host, number)
