@@ -66,10 +66,13 @@ def cli() -> None:
               "it off. SIGHUP reopens it.")
 @_option("--quiet", is_flag=True, default=False,
          help="Log only connections, errors and lifecycle, not every command.")
-def serve(**options: object) -> None:
+@_option("--engine", type=click.Choice(["gevent", "twisted"]), default="gevent",
+         help="gevent, or the Twisted twin from the comparison module.")
+def serve(engine: str, **options: object) -> None:
     """Run the server in the foreground until SIGTERM or SIGINT; log to stdout."""
     from . import logs
 
+    run = _engine(engine)
     if options["log_file"] is None:
         options["log_file"] = logs.default_log_file()
     config = ServerConfig(**{k: v if v != "" else None for k, v in options.items()})
@@ -79,13 +82,25 @@ def serve(**options: object) -> None:
         raise click.BadParameter("cannot open %s: %s" % (config.log_file, exc.strerror),
                                  param_hint="--log-file") from None
     logs.log("Log opened.")
-    from . import server  # imported late: gevent is only needed to serve
-
     try:
-        server.run(config)
+        run(config)
     except BindError as exc:
         click.echo("greencmd: %s" % exc, err=True)
         sys.exit(EXIT_CANNOT_BIND)
+
+
+def _engine(name: str):
+    """The chosen engine's ``run(config)``, imported only now."""
+    if name == "twisted":
+        from .compare import TwistedMissing, load_twisted_server
+
+        try:
+            return load_twisted_server()
+        except TwistedMissing as exc:
+            raise click.UsageError(str(exc)) from None
+    from .server import run
+
+    return run
 
 
 @cli.command(name="client")

@@ -21,7 +21,7 @@ from gevent.os import nb_read
 from gevent.threadpool import ThreadPool
 
 from . import jobs, protocol
-from .config import ServerConfig, choose_lastlog_source, no_source_message
+from .config import ServerConfig, choose_lastlog_source
 
 __all__ = ["Runtime", "Command", "COMMANDS", "lastlog", "comhash", "help_"]
 
@@ -49,41 +49,30 @@ class TailTimeout(Exception):
 def lastlog(runtime: Runtime, arg: bytes) -> bytes:
     """``lastlog [N]``: the last N lines of the lastlog source, via ``tail``."""
     try:
-        count = protocol.parse_lastlog_count(arg)
-    except ValueError as exc:
-        return protocol.error(str(exc))
-    source = runtime.lastlog_source
-    if source is None:
-        return protocol.error(no_source_message(runtime.lastlog_tried))
-    problem = jobs.lastlog_precheck(source)
-    if problem:
-        return protocol.error(problem)
-    return run_tail(source, count, runtime.config.command_timeout)
+        argv = jobs.lastlog_argv(arg, runtime.lastlog_source, runtime.lastlog_tried)
+    except jobs.Refused as refused:
+        return refused.reply
+    return run_tail(argv, runtime.lastlog_source, runtime.config.command_timeout)
 
 
-def run_tail(source: str, count: int, timeout: float) -> bytes:
+def run_tail(argv: list[str], source: str, timeout: float) -> bytes:
     """Run ``tail`` and frame its output; kill and reap it whatever happens.
 
     The child gets its own session, so a kill reaches anything it started. If
     this greenlet is killed (the client reset, the server gave up at shutdown),
     the ``finally`` still kills and reaps the child.
     """
-    child = subprocess.Popen(jobs.tail_argv(source, count), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        with gevent.Timeout(timeout or None, TailTimeout):
+        with gevent.Timeout(timeout, TailTimeout):
             output = _read_capped(child.stdout.fileno())
             status = child.wait() if output is not None else None
     except TailTimeout:
-        return protocol.error(jobs.timeout_message(source, timeout))
+        return jobs.lastlog_timed_out(source, timeout)
     finally:
         _kill_and_reap(child)
-    if output is None:
-        return protocol.error(jobs.too_big_message(source))
-    if status != 0:
-        return protocol.error(jobs.tail_failure(source, status, output))
-    return protocol.lastlog_reply(output)
+    return jobs.lastlog_result(source, status, output)
 
 
 def _read_capped(fd: int) -> bytes | None:

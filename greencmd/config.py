@@ -67,3 +67,8 @@ def describe_lastlog_source(source: str | None, tried: tuple[str, ...]) -> str:
     if source is None:
         return "lastlog source: none (%s)" % no_source_message(tried)
     return "lastlog source: %s" % source
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with brackets around an IPv6 host."""
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BindError", "describe_os_error"]
+__all__ = ["BindError", "cannot_listen", "describe_os_error"]
 
 
 class BindError(Exception):
@@ -15,3 +15,8 @@ def describe_os_error(exc: OSError) -> str:
     text = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else None
     text = text or exc.strerror or str(exc) or type(exc).__name__
     return text[:1].lower() + text[1:]
+
+
+def cannot_listen(address: str, exc: OSError) -> BindError:
+    """The error for a server that cannot bind ``address`` (``host:port``)."""
+    return BindError("cannot listen on %s: %s" % (address, describe_os_error(exc)))

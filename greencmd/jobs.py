@@ -12,9 +12,10 @@ import os
 import stat
 
 from . import protocol
+from .config import no_source_message
 
-__all__ = ["HASH_CHUNK", "LASTLOG_MAX_BYTES", "hash_file", "tail_argv",
-           "lastlog_precheck", "tail_failure", "timeout_message", "too_big_message"]
+__all__ = ["HASH_CHUNK", "LASTLOG_MAX_BYTES", "Refused", "hash_file", "lastlog_argv",
+           "lastlog_result", "lastlog_timed_out"]
 
 #: Read size for hashing: large enough that hashlib drops the GIL for most of it.
 HASH_CHUNK = 1 << 20
@@ -87,13 +88,33 @@ def _require_regular(mode: int, path: str) -> None:
     raise ValueError("Not a regular file (%s): %r" % (kind, path))
 
 
-def tail_argv(source: str, lines: int) -> list[str]:
-    """The ``tail`` command line for the last ``lines`` lines of ``source``."""
-    return ["tail", "-n", str(lines), "--", source]
+class Refused(Exception):
+    """A command that must not run; ``reply`` is what the client gets instead."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__(reply)
+        self.reply = reply
 
 
-def lastlog_precheck(source: str) -> str | None:
-    """An error message if ``source`` cannot be tailed, checked before spawning."""
+def lastlog_argv(arg: bytes, source: str | None, tried: tuple[str, ...]) -> list[str]:
+    """The ``tail`` command line for ``lastlog ARG``; raises :class:`Refused`.
+
+    Everything that can be checked before spawning a child is checked here: the
+    line count, that there is a source, and that it can be read.
+    """
+    try:
+        count = protocol.parse_lastlog_count(arg)
+    except ValueError as exc:
+        raise Refused(protocol.error(str(exc))) from None
+    if source is None:
+        raise Refused(protocol.error(no_source_message(tried)))
+    problem = _unreadable(source)
+    if problem:
+        raise Refused(protocol.error(problem))
+    return ["tail", "-n", str(count), "--", source]
+
+
+def _unreadable(source: str) -> str | None:
     try:
         mode = os.stat(source).st_mode
     except OSError as exc:
@@ -105,19 +126,24 @@ def lastlog_precheck(source: str) -> str | None:
     return None
 
 
-def tail_failure(source: str, returncode: int, stderr: bytes) -> str:
-    """The error message for a ``tail`` that exited non-zero."""
-    detail = stderr.decode("utf-8", "backslashreplace").strip().splitlines()
-    why = detail[0] if detail else "no message"
-    return "tail of %r failed with status %d: %s" % (source, returncode, why)
+def lastlog_result(source: str, status: int | None, output: bytes | None,
+                   errors: bytes = b"") -> bytes:
+    """The ``lastlog`` reply once ``tail`` ended: its output framed, or an error.
+
+    ``output`` is ``None`` when it went over :data:`LASTLOG_MAX_BYTES`; ``errors``
+    is tail's stderr when it was read apart from ``output``.
+    """
+    if output is None:
+        return protocol.error("lastlog of %r is over %d MiB; ask for fewer lines"
+                              % (source, LASTLOG_MAX_BYTES >> 20))
+    if status != 0:
+        lines = (errors or output).decode("utf-8", "backslashreplace").strip().splitlines()
+        why = lines[-1] if lines else "no message"
+        return protocol.error("tail of %r failed with status %s: %s" % (source, status, why))
+    return protocol.lastlog_reply(output)
 
 
-def timeout_message(source: str, seconds: float) -> str:
-    """The error message for a ``lastlog`` that hit ``--command-timeout``."""
-    return "lastlog of %r did not finish within %g seconds; stopped" % (source, seconds)
-
-
-def too_big_message(source: str) -> str:
-    """The error message for ``tail`` output over :data:`LASTLOG_MAX_BYTES`."""
-    return "lastlog of %r is over %d MiB; ask for fewer lines" % (
-        source, LASTLOG_MAX_BYTES >> 20)
+def lastlog_timed_out(source: str, seconds: float) -> bytes:
+    """The ``lastlog`` reply when ``tail`` ran past ``--command-timeout``."""
+    return protocol.error("lastlog of %r did not finish within %g seconds; stopped"
+                          % (source, seconds))

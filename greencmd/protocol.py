@@ -94,11 +94,13 @@ class LineBuffer:
     def finish(self) -> list[bytes]:
         """At end of input: the last line if it had no LF (the spec counts it)."""
         last, self._pending = self._pending, b""
+        if last[-1:] == b"\r":
+            last = last[:-1]
         if self.too_long or not last:
             return []
         if len(last) > self.max_line:
             return self._overflow([])
-        return [last[:-1] if last[-1:] == b"\r" else last]
+        return [last]
 
     def _overflow(self, good: list[bytes]) -> list[bytes]:
         self.too_long = True

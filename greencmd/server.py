@@ -30,8 +30,9 @@ from .config import (
     RECV_SIZE,
     ServerConfig,
     describe_lastlog_source,
+    format_address,
 )
-from .errors import BindError, describe_os_error
+from .errors import cannot_listen
 from .logs import (
     CLEAN,
     IDLE,
@@ -297,11 +298,6 @@ def linger_close(sock: socket.socket) -> None:
     sock.close()
 
 
-def format_address(host: str, port: int) -> str:
-    """``host:port``, with brackets around an IPv6 host."""
-    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
-
-
 def run(config: ServerConfig) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully.
 
@@ -309,26 +305,25 @@ def run(config: ServerConfig) -> None:
     address cannot be bound.
     """
     server = CommandServer(config)
-    try:
-        server.start()
-    except OSError as exc:
-        server.runtime.pool.kill()
-        raise BindError("cannot listen on %s: %s" % (
-            format_address(config.host, config.port), describe_os_error(exc))) from None
-    log("greencmd.server.CommandServer starting on %s"
-        % format_address(*server.address[:2]))
-    log(describe_lastlog_source(server.runtime.lastlog_source,
-                                server.runtime.lastlog_tried))
     stop = Event()
-    signals = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signals.append(gevent.signal_handler(signum, stop.set))
-    signals.append(gevent.signal_handler(signal.SIGHUP, reopen_log_files))
+    # Handlers first: whoever waits for the "starting on" line may signal at once.
+    handlers = [gevent.signal_handler(signum, stop.set)
+                for signum in (signal.SIGTERM, signal.SIGINT)]
+    handlers.append(gevent.signal_handler(signal.SIGHUP, reopen_log_files))
     try:
+        try:
+            server.start()
+        except OSError as exc:
+            server.runtime.pool.kill()
+            raise cannot_listen(format_address(config.host, config.port), exc) from None
+        log("greencmd.server.CommandServer starting on %s"
+            % format_address(*server.address[:2]))
+        log(describe_lastlog_source(server.runtime.lastlog_source,
+                                    server.runtime.lastlog_tried))
         stop.wait()
         server.shutdown(config.grace)
     finally:
-        for handler in signals:
+        for handler in handlers:
             handler.cancel()
     log("Stopped with %d greenlets left beside the hub and main" % live_greenlets())
     log("Main loop terminated.")

@@ -16,6 +16,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+#: Every test that uses a server runs against each engine: a difference in what
+#: they answer is a bug in one of them. @pytest.mark.engines("gevent") narrows it.
+ENGINES = ("gevent", "twisted")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "engines(*names): run only against these engines")
+
+
+def pytest_generate_tests(metafunc):
+    if "engine" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("engines")
+        metafunc.parametrize("engine", marker.args if marker else ENGINES)
 STARTING = re.compile(r"starting on (\S+):(\d+)$")
 
 
@@ -168,7 +181,7 @@ def wait_until(predicate, timeout: float = 15, message: str = "condition") -> No
 
 
 @pytest.fixture
-def start_server(tmp_path):
+def start_server(tmp_path, engine):
     """Start servers with extra ``serve`` options; each is stopped and checked after.
 
     By default the log file is in tmp_path and lastlog tails a small file there.
@@ -182,8 +195,8 @@ def start_server(tmp_path):
             options += ["--log-file", str(tmp_path / "server.log")]
         if not any(a.startswith("--lastlog-file") for a in options):
             options += ["--lastlog-file", str(sample_log(tmp_path))]
-        server = Server(["--port", "0", *options], kwargs.get("cwd", tmp_path),
-                        env or greencmd_env())
+        server = Server(["--engine", engine, "--port", "0", *options],
+                        kwargs.get("cwd", tmp_path), env or greencmd_env())
         servers.append(server)
         return server
 

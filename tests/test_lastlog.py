@@ -128,7 +128,7 @@ def test_default_source_falls_back_to_the_servers_own_log(start_server, tmp_path
     reply = server.talk(b"lastlog 1000\n")
     assert reply.startswith(b"Begin lastlog\n") and reply.endswith(b"End lastlog\n")
     if expected == str(own):
-        assert b"CommandServer starting on" in reply
+        assert b" starting on 127.0.0.1:" in reply
 
 
 def test_no_source_at_all_says_how_to_choose_one(start_server):

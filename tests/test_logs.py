@@ -8,14 +8,16 @@ from conftest import HELP, Server, greencmd_env, wait_until
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] \S.*$")
 
 
-def test_every_line_has_twisteds_format(server):
+def test_every_line_has_twisteds_format(server, engine):
     assert server.talk(b"hello server\n") == b"Command not found.\n"
     server.wait_for_log(lambda line: "Lost client connection" in line)
     assert all(LINE.match(line) for line in server.lines), server.lines
     systems = [re.search(r"\[([^\]]+)\] (.*)", line).groups() for line in server.lines]
     assert systems[0] == ("-", "Log opened.")
+    starting = {"gevent": "greencmd.server.CommandServer",
+                "twisted": "greencmd.compare.twisted_server.CmdFactory"}[engine]
     assert systems[1][0] == "-" and systems[1][1].startswith(
-        "greencmd.server.CommandServer starting on 127.0.0.1:")
+        starting + " starting on 127.0.0.1:")
     assert ("CommandServer", "Client connection from 127.0.0.1") in systems
     assert ("CmdSession,0,127.0.0.1", "Cmd received from 127.0.0.1 : hello server") in systems
     assert ("CmdSession,0,127.0.0.1",

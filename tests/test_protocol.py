@@ -64,6 +64,12 @@ def test_buffer_never_holds_more_than_about_one_line():
     assert len(buffer._pending) == 0
 
 
+def test_unterminated_last_line_loses_a_final_cr_before_it_is_measured():
+    buffer = LineBuffer(4)
+    assert buffer.feed(b"abcd\r") == []
+    assert buffer.finish() == [b"abcd"]
+
+
 def test_unterminated_line_over_the_limit_at_eof():
     buffer = LineBuffer(3)
     assert buffer.feed(b"abcd") == []

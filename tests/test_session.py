@@ -4,6 +4,7 @@ import hashlib
 import socket
 import struct
 
+import pytest
 from conftest import HELP, NOT_FOUND, SAMPLE_LINES, lastlog_of, read_all, read_until
 
 from greencmd import protocol
@@ -152,5 +153,10 @@ def test_bad_sessions_leave_no_file_descriptor_behind(server, tmp_path):
         sock.close()
     server.wait_for_count("Lost client connection", 71)
     assert server.fd_count() == before
+
+
+@pytest.mark.engines("gevent")
+def test_bad_sessions_leave_no_greenlet_behind(server, tmp_path):
+    test_bad_sessions_leave_no_file_descriptor_behind(server, tmp_path)
     assert server.stop() == 0
     assert server.count_log("Stopped with 0 greenlets left") == 1
