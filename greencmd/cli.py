@@ -1,4 +1,4 @@
-"""The ``greencmd`` command line (cli.md): ``serve`` and ``client``.
+"""The ``greencmd`` command line (cli.md): ``serve``, ``client`` and ``compare``.
 
 Every ``serve`` option may also come from ``GREENCMD_<OPTION>``. Errors a user
 can cause end in one sentence on stderr and an exit status, never a traceback.
@@ -7,6 +7,7 @@ can cause end in one sentence on stderr and an exit status, never a traceback.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import click
@@ -128,6 +129,27 @@ def client_command(host: str, port: int, timeout: float, command: tuple[str, ...
         click.echo("greencmd: %s" % exc, err=True)
         status = client.UNREACHABLE
     sys.exit(status)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--width", type=click.IntRange(40), default=None,
+              help="Columns to fit (default: the terminal's width).")
+def compare(name: str | None, width: int | None) -> None:
+    """Show gevent code beside its Twisted Deferred-chain twin.
+
+    NAME picks one pair; without it, every pair is shown. Works without Twisted:
+    the source is read as text.
+    """
+    from .compare.pairs import PAIRS, render_pair
+
+    chosen = [pair for pair in PAIRS if name in (None, pair.name)]
+    if not chosen:
+        raise click.BadParameter("no pair %r; choose one of: %s"
+                                 % (name, ", ".join(p.name for p in PAIRS)),
+                                 param_hint="NAME")
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    click.echo("\n\n".join(render_pair(pair, width) for pair in chosen))
 
 
 def main() -> None:
