@@ -152,6 +152,52 @@ def compare(name: str | None, width: int | None) -> None:
     click.echo("\n\n".join(render_pair(pair, width) for pair in chosen))
 
 
+@cli.command()
+@_host
+@_port
+@click.argument("scenarios", nargs=-1,
+                type=click.Choice(["unknown", "pipeline", "churn", "comhash", "lastlog",
+                                   "idle"]))
+@click.option("--connections", "-c", default=50, type=click.IntRange(1), show_default=True,
+              help="Connections (unknown, churn), or clients (comhash, lastlog).")
+@click.option("--seconds", "-s", default=5.0, type=click.FloatRange(0.1), show_default=True,
+              help="How long each scenario runs.")
+@click.option("--lines", default=10000, type=click.IntRange(1), show_default=True,
+              help="Lines per write in the pipeline scenario.")
+@click.option("--size-mib", default=64, type=click.IntRange(1), show_default=True,
+              help="Size of the file the comhash scenario creates and hashes.")
+@click.option("--directory", default=None, type=click.Path(file_okay=False, exists=True),
+              help="Where the comhash file is made (the server must be able to read it).")
+@click.option("--idle", default=5000, type=click.IntRange(1), show_default=True,
+              help="Idle sessions the idle scenario holds open.")
+@click.option("--server-pid", default=None, type=int,
+              help="The server's PID, to read its memory from /proc (idle scenario).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench(host: str, port: int, scenarios: tuple[str, ...], as_json: bool,
+          **options: object) -> None:
+    """Load a greencmd server and check every reply; SCENARIOS default to all but idle.
+
+    Exit status 1 if any reply was wrong.
+    """
+    import json
+    from types import SimpleNamespace
+
+    from . import bench as loadgen
+
+    settings = SimpleNamespace(**options)
+    results = []
+    for name in scenarios or loadgen.DEFAULT_SCENARIOS:
+        try:
+            results.append(loadgen.run_scenario(name, (host, port), settings))
+        except OSError as exc:
+            raise click.ClickException("%s: %s" % (name, exc)) from None
+    if as_json:
+        click.echo(json.dumps(loadgen.as_json(results), indent=2))
+    else:
+        click.echo(loadgen.format_table(results))
+    sys.exit(1 if any(r.errors for r in results) else 0)
+
+
 def main() -> None:
     """Entry point of the ``greencmd`` console script and ``python -m greencmd``."""
     cli(prog_name="greencmd")

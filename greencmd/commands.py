@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess as std_subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import gevent
-from gevent import subprocess
-from gevent.os import nb_read
+from gevent.event import AsyncResult
+from gevent.os import make_nonblocking, nb_read
 from gevent.threadpool import ThreadPool
 
 from . import jobs, protocol
@@ -62,17 +63,45 @@ def run_tail(argv: list[str], source: str, timeout: float) -> bytes:
     this greenlet is killed (the client reset, the server gave up at shutdown),
     the ``finally`` still kills and reaps the child.
     """
-    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        child, exited = spawn_watched(argv)
+    except OSError as exc:
+        return protocol.error("cannot run tail: %s" % exc)
+    fd = child.stdout.fileno()
+    make_nonblocking(fd)
     try:
         with gevent.Timeout(timeout, TailTimeout):
-            output = _read_capped(child.stdout.fileno())
-            status = child.wait() if output is not None else None
+            output = _read_capped(fd)
+            status = exited.get() if output is not None else None
     except TailTimeout:
         return jobs.lastlog_timed_out(source, timeout)
     finally:
-        _kill_and_reap(child)
+        _kill_and_reap(child, exited)
     return jobs.lastlog_result(source, status, output)
+
+
+def spawn_watched(argv: list[str]) -> tuple[std_subprocess.Popen, AsyncResult]:
+    """Start ``argv`` (stdout a pipe, stderr merged, own session); watch its exit.
+
+    Spawned by the stdlib's ``Popen``, whose C ``fork_exec`` (vfork) starts a
+    child several times faster than ``gevent.subprocess``, which forks in
+    Python. The wait stays cooperative: the same libev child watcher that
+    ``gevent.subprocess`` uses reports the exit, and it is registered before this
+    greenlet yields, so the exit cannot be missed. Must run in the hub's thread.
+    """
+    child = std_subprocess.Popen(argv, stdin=std_subprocess.DEVNULL,
+                                 stdout=std_subprocess.PIPE, stderr=std_subprocess.STDOUT,
+                                 start_new_session=True)
+    exited = AsyncResult()
+    watcher = gevent.get_hub().loop.child(child.pid, False)
+
+    def on_exit() -> None:
+        watcher.stop()
+        exited.set(os.waitstatus_to_exitcode(watcher.rstatus))
+        watcher.close()
+
+    watcher.start(on_exit)
+    return child, exited
 
 
 def _read_capped(fd: int) -> bytes | None:
@@ -89,13 +118,14 @@ def _read_capped(fd: int) -> bytes | None:
         chunks.append(chunk)
 
 
-def _kill_and_reap(child: subprocess.Popen) -> None:
-    if child.returncode is None:
+def _kill_and_reap(child: std_subprocess.Popen, exited: AsyncResult) -> None:
+    if not exited.ready():
         try:
             os.killpg(child.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        child.wait()
+    # Reaped by the watcher; telling the stdlib object keeps it from reaping too.
+    child.returncode = exited.get()
     child.stdout.close()
 
 

@@ -13,6 +13,7 @@ import stat
 
 from . import protocol
 from .config import no_source_message
+from .logs import flush_logs
 
 __all__ = ["HASH_CHUNK", "LASTLOG_MAX_BYTES", "Refused", "hash_file", "lastlog_argv",
            "lastlog_result", "lastlog_timed_out"]
@@ -111,6 +112,8 @@ def lastlog_argv(arg: bytes, source: str | None, tried: tuple[str, ...]) -> list
     problem = _unreadable(source)
     if problem:
         raise Refused(protocol.error(problem))
+    # The source may be the server's own log: what it logged must be on disk.
+    flush_logs()
     return ["tail", "-n", str(count), "--", source]
 
 

@@ -12,13 +12,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from .protocol import printable
 
 __all__ = ["LOGGER_NAME", "TwistedFormatter", "ReopenableFileHandler", "default_log_file",
            "setup_logging", "log", "reopen_log_files", "session_system", "log_connection",
-           "log_lost", "log_request"]
+           "log_lost", "log_request", "install_flush_timer", "flush_logs"]
 
 LOGGER_NAME = "greencmd"
 LIFECYCLE = "-"
@@ -52,7 +53,65 @@ class TwistedFormatter(logging.Formatter):
         return "%s [%s] %s" % (self._stamp, system, record.getMessage())
 
 
-class ReopenableFileHandler(logging.StreamHandler):
+#: Longest a log line waits in a buffer once the engine's timer is installed.
+FLUSH_DELAY = 0.05
+
+
+class BufferedStreamHandler(logging.StreamHandler):
+    """Writes without flushing each line; the :class:`Flusher` flushes soon after.
+
+    A flush per line is a write() per line per handler, which under per-command
+    logging costs more than answering the command.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the line; leave the flush to the flusher (or do it now, without one)."""
+        try:
+            self.stream.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+            return
+        if not _flusher.written():
+            self.flush()
+
+
+class Flusher:
+    """Flushes the log handlers once, FLUSH_DELAY after the first unflushed line."""
+
+    def __init__(self) -> None:
+        self.schedule: Callable[[float, Callable[[], None]], object] | None = None
+        self.pending = False
+
+    def written(self) -> bool:
+        """Note an unflushed line; False when no timer is installed (flush now)."""
+        if self.schedule is None:
+            return False
+        if not self.pending:
+            self.pending = True
+            self.schedule(FLUSH_DELAY, self.flush)
+        return True
+
+    def flush(self) -> None:
+        """Flush every handler now."""
+        self.pending = False
+        for handler in _logger.handlers:
+            handler.flush()
+
+
+_flusher = Flusher()
+
+
+def install_flush_timer(schedule: Callable[[float, Callable[[], None]], object]) -> None:
+    """Let the engine run the log flushes: ``schedule(delay, callback)``."""
+    _flusher.schedule = schedule
+
+
+def flush_logs() -> None:
+    """Write out every buffered log line (before tail reads the log, at exit)."""
+    _flusher.flush()
+
+
+class ReopenableFileHandler(BufferedStreamHandler):
     """Appends to a file, creating its directory; ``reopen()`` follows a rotation."""
 
     def __init__(self, path: str) -> None:
@@ -101,8 +160,10 @@ def setup_logging(log_file: str | None, stream: TextIO | None = None
         handler.close()
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    # Fields the format never shows, each computed for every record otherwise.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     formatter = TwistedFormatter()
-    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stdout)]
+    handlers: list[logging.Handler] = [BufferedStreamHandler(stream or sys.stdout)]
     file_handler = ReopenableFileHandler(log_file) if log_file else None
     if file_handler:
         handlers.append(file_handler)
@@ -124,7 +185,10 @@ def reopen_log_files() -> None:
 
 def log(message: str, system: str = LIFECYCLE) -> None:
     """Log one line as ``system``."""
-    _logger.info(message, extra={"system": system})
+    # makeRecord + handle: Logger.info() would walk the stack to find the caller.
+    if _logger.isEnabledFor(logging.INFO):
+        _logger.handle(_logger.makeRecord(LOGGER_NAME, logging.INFO, "", 0, message, None,
+                                          None, extra={"system": system}))
 
 
 def session_system(number: int, host: str) -> str:

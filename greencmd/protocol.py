@@ -77,6 +77,11 @@ class LineBuffer:
             return []
         if self._pending:
             data = self._pending + data
+        elif data[-1:] == b"\n" and len(data) <= self.max_line and b"\r" not in data:
+            # The common case, whole short lines without CR: no per-line work.
+            lines = data.split(b"\n")
+            lines.pop()
+            return lines
         lines = data.split(b"\n")
         # The last piece is an unfinished line (b"" when data ended with LF).
         self._pending = lines.pop()

@@ -18,7 +18,7 @@ import time
 import gevent
 from gevent.event import Event
 from gevent.server import StreamServer
-from gevent.socket import wait_read
+from gevent.socket import wait
 from greenlet import greenlet
 
 from . import protocol
@@ -40,6 +40,8 @@ from .logs import (
     RESET,
     SHUTDOWN,
     TOO_LONG,
+    flush_logs,
+    install_flush_timer,
     log,
     log_connection,
     log_lost,
@@ -58,6 +60,14 @@ class ShuttingDown(Exception):
     """Thrown into a session's greenlet when the server closes it at shutdown."""
 
 
+class IdleTimeout(Exception):
+    """Thrown into a session waiting for a request past its deadline."""
+
+
+# What a session is blocked on, for the idle reaper.
+REQUEST, REPLY = "request", "reply"
+
+
 class Session:
     """One client connection, served by one greenlet from accept to close."""
 
@@ -68,8 +78,16 @@ class Session:
         self.host = host
         self.system = session_system(number, host)
         self.busy = False
-        self.idle_timeout = server.config.idle_timeout or None
+        self.idle_timeout = server.config.idle_timeout
+        # Read by the server's reaper: when this session must have moved on, and
+        # whether it waits for a request (idle) or for the client to take a reply.
         self.deadline = 0.0
+        self.waiting: str | None = None
+        # Waiting for readability before recv() saves the recv that would fail
+        # with EAGAIN while the client waits for our reply; after a full read,
+        # more is likely queued, so recv() goes first.
+        self.readable = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self.more_queued = False
 
     def run(self) -> None:
         """Serve requests until the client leaves; log why the session ended."""
@@ -82,6 +100,7 @@ class Session:
             self._send_quietly(protocol.SHUTTING_DOWN)
         finally:
             self.busy = False
+            self.readable.close()
         log_lost(reason, self.system)
 
     def _serve(self) -> str:
@@ -175,7 +194,7 @@ class Session:
         # Only a reset means the client is gone: EOF is a half-close, and data is
         # the next request. Either way there is nothing more to watch for.
         try:
-            wait_read(self.sock.fileno())
+            wait(self.readable)
             self.sock.recv(1, socket.MSG_PEEK)
         except OSError:
             session.kill(ClientGone, block=False)
@@ -196,12 +215,25 @@ class Session:
         return []
 
     def _send(self, data: bytes) -> None:
+        # A client gets the whole idle timeout to take a reply, not what was left.
+        saved, self.waiting = self.deadline, REPLY
+        if self.idle_timeout:
+            self.deadline = time.monotonic() + self.idle_timeout
         try:
-            # A client gets the whole idle timeout to take a reply, not what was left.
-            self.sock.settimeout(self.idle_timeout)
-            self.sock.sendall(data)
-        except OSError as exc:
+            # send() first: gevent's sendall() asks the kernel for SO_SNDBUF on
+            # every call, one syscall more per reply.
+            sent = self.sock.send(data)
+            if sent < len(data):
+                self.sock.sendall(memoryview(data)[sent:])
+        except (OSError, IdleTimeout) as exc:
             raise ClientGone() from exc
+        finally:
+            self.waiting, self.deadline = None, saved
+
+    def expire(self, greenlet: gevent.Greenlet) -> None:
+        """Hub callback from the reaper: end the wait if it is still overdue."""
+        if self.waiting and self.deadline and time.monotonic() >= self.deadline:
+            greenlet.throw(IdleTimeout)
 
     def _send_quietly(self, data: bytes) -> None:
         try:
@@ -225,13 +257,33 @@ class CommandServer(StreamServer):
         self.accepted = 0
         self.closing = False
         self._idle = Event()
+        self._reaper: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        """Listen, and start the idle reaper when there is an idle timeout."""
+        super().start()
+        if self.config.idle_timeout:
+            self._reaper = gevent.spawn(self._reap_idle_sessions)
+
+    def _reap_idle_sessions(self) -> None:
+        # One greenlet checks every session a few times per timeout period, instead
+        # of a timer per recv; a session is overdue by at most a quarter period.
+        interval = min(1.0, self.config.idle_timeout / 4)
+        loop = self.loop
+        while True:
+            gevent.sleep(interval)
+            now = time.monotonic()
+            for session_greenlet, session in list(self.sessions.items()):
+                if session.waiting and session.deadline and now >= session.deadline:
+                    # Checked again when the callback runs, in the hub: by then the
+                    # session may have woken up with a request.
+                    loop.run_callback(session.expire, session_greenlet)
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
         """Serve one connection (gevent closes ``sock`` when this returns)."""
         number, self.accepted = self.accepted, self.accepted + 1
         host = address[0]
         log_connection(host)
-        sock.settimeout(self.config.idle_timeout or None)
         if len(self.sessions) >= self.config.max_clients or self.closing:
             try:
                 sock.sendall(protocol.TOO_MANY)
@@ -262,6 +314,8 @@ class CommandServer(StreamServer):
         """
         self.closing = True
         self.close()
+        if self._reaper is not None:
+            self._reaper.kill()
         log("Shutting down: stopped listening; %g seconds' grace for commands" % grace)
         self.session_idle()
         if self.sessions:
@@ -305,6 +359,7 @@ def run(config: ServerConfig) -> None:
     address cannot be bound.
     """
     server = CommandServer(config)
+    install_flush_timer(call_later)
     stop = Event()
     # Handlers first: whoever waits for the "starting on" line may signal at once.
     handlers = [gevent.signal_handler(signum, stop.set)
@@ -327,6 +382,18 @@ def run(config: ServerConfig) -> None:
             handler.cancel()
     log("Stopped with %d greenlets left beside the hub and main" % live_greenlets())
     log("Main loop terminated.")
+    flush_logs()
+
+
+def call_later(delay: float, callback) -> None:
+    """Run ``callback`` in the hub after ``delay`` seconds: a timer, no greenlet."""
+    timer = gevent.get_hub().loop.timer(delay)
+
+    def fire() -> None:
+        timer.close()
+        callback()
+
+    timer.start(fire)
 
 
 def live_greenlets() -> int:

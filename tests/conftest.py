@@ -56,7 +56,8 @@ class Server:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         self.lines: list[str] = []
         self._changed = threading.Condition()
-        threading.Thread(target=self._collect, daemon=True).start()
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
         match = self.wait_for_log(STARTING.search)
         self.host, self.port = match.group(1), int(match.group(2))
 
@@ -124,7 +125,9 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signum)
         try:
-            return self.proc.wait(timeout)
+            status = self.proc.wait(timeout)
+            self._collector.join(timeout)  # every line it logged is in self.lines
+            return status
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -201,10 +204,16 @@ def start_server(tmp_path, engine):
         return server
 
     yield start
-    for server in servers:
-        if server.proc.poll() is None:
-            wait_until(lambda s=server: not s.children(), 15, "no child process left")
-            assert server.stop() == 0
+    try:
+        for server in servers:
+            if server.proc.poll() is None:
+                wait_until(lambda s=server: not s.children(), 15, "no child process left")
+                assert server.stop() == 0
+    finally:
+        for server in servers:  # even when a check above failed: leave nothing running
+            if server.proc.poll() is None:
+                server.proc.kill()
+                server.proc.wait()
 
 
 @pytest.fixture

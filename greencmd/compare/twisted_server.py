@@ -39,6 +39,8 @@ from ..logs import (
     RESET,
     SHUTDOWN,
     TOO_LONG,
+    flush_logs,
+    install_flush_timer,
     log,
     log_connection,
     log_lost,
@@ -408,7 +410,9 @@ def run(config: ServerConfig) -> None:
                             % format_address(address.host, address.port))
     reactor.callWhenRunning(log, describe_lastlog_source(factory.lastlog_source,
                                                          factory.lastlog_tried))
+    install_flush_timer(lambda delay, flush: reactor.callLater(delay, flush))
     reactor.addSystemEventTrigger("before", "shutdown", factory.shutdown)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reopen_log_files))
     reactor.run()
     log("Main loop terminated.")
+    flush_logs()

@@ -1,0 +1,211 @@
+"""gevent engine vs Twisted twin, side by side, in one run.
+
+    python benchmarks/compare.py [--reps 3] [--seconds 5] [--only NAME ...]
+                                 [--json out.json] [--plot out.png]
+
+Each scenario starts a fresh server of each engine on a free port, pinned to
+CPU 0 (except comhash, whose point is using every CPU), runs `greencmd bench`
+pinned to CPU 1, and stops the server. Engines alternate in order from one
+repetition to the next. Prints the machine, the commands, the median of each
+engine and the gevent/Twisted ratio of each repetition's pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from importlib import metadata
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENGINES = ("gevent", "twisted")
+
+# name: (bench scenario, serve options, bench options, pin the server)
+SCENARIOS = {
+    "unknown-quiet": ("unknown", ["--quiet"], ["-c", "50"], True),
+    "unknown-logging": ("unknown", [], ["-c", "50"], True),
+    "pipeline": ("pipeline", ["--quiet"], ["--lines", "10000"], True),
+    "churn": ("churn", ["--quiet"], ["-c", "50"], True),
+    "lastlog": ("lastlog", ["--quiet"], ["-c", "10"], True),
+    "comhash": ("comhash", ["--quiet"], ["-c", "4", "--size-mib", "64"], False),
+    "idle": ("idle", ["--quiet"], ["-c", "50", "--idle", "5000"], True),
+}
+#: Connections for the replies/s-against-connections plot (unknown, --quiet).
+SWEEP = (1, 10, 50, 200)
+
+
+def taskset(cpu: str) -> list[str]:
+    """The prefix that pins a command to ``cpu``, if taskset exists here."""
+    return ["taskset", "-c", cpu] if shutil.which("taskset") else []
+
+
+def start_server(engine: str, options: list[str], pin: bool, workdir: str):
+    """Start a server; return (process, port)."""
+    log = os.path.join(workdir, "server-%s.log" % engine)
+    command = (taskset("0") if pin else []) + [
+        sys.executable, "-m", "greencmd", "serve", "--engine", engine, "--port", "0",
+        "--log-file", log, "--lastlog-file", os.path.join(workdir, "source.log"),
+        "--max-clients", "6000", *options]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONPATH=REPO))
+    for raw in proc.stdout:
+        if b"starting on" in raw:
+            port = int(raw.rsplit(b":", 1)[1])
+            # The rest of stdout is not read: send it nowhere, cheaply.
+            threading_drain(proc.stdout)
+            return proc, port
+    raise RuntimeError("%s server did not start" % engine)
+
+
+def threading_drain(stream) -> None:
+    """Read and drop a stream in a thread, so the server never blocks on it."""
+    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
+
+
+def bench(port: int, pid: int, scenario: str, options: list[str], seconds: float,
+          workdir: str) -> dict:
+    """Run one `greencmd bench` scenario; its JSON result."""
+    command = taskset("1") + [
+        sys.executable, "-m", "greencmd", "bench", "--port", str(port), "--server-pid",
+        str(pid), "--seconds", str(seconds), "--directory", workdir, "--json", scenario,
+        *options]
+    out = subprocess.run(command, capture_output=True, env=dict(os.environ, PYTHONPATH=REPO),
+                         timeout=seconds * 10 + 120)
+    if not out.stdout:
+        raise RuntimeError("bench failed: %s" % out.stderr.decode()[-500:])
+    return json.loads(out.stdout)[0]
+
+
+def run_one(engine: str, name: str, seconds: float, workdir: str) -> dict:
+    """One scenario against a fresh server of ``engine``."""
+    scenario, serve_options, bench_options, pin = SCENARIOS[name]
+    proc, port = start_server(engine, serve_options, pin, workdir)
+    try:
+        return bench(port, proc.pid, scenario, bench_options, seconds, workdir)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def value(result: dict, name: str) -> float:
+    """The number compared for a scenario (idle: server memory per session)."""
+    if name == "idle":
+        return result["extra"].get("rss_kib_per_session", float("nan"))
+    return result["rate"]
+
+
+def machine() -> str:
+    """One line about this machine."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return "%d x %s, Linux %s, Python %s, gevent %s, Twisted %s" % (
+        os.cpu_count(), model, platform.release(), platform.python_version(),
+        metadata.version("gevent"), metadata.version("twisted"))
+
+
+def main() -> None:
+    """Run every scenario for both engines, alternating, and report."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), default=None)
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--plot", default=None)
+    args = parser.parse_args()
+    names = args.only or list(SCENARIOS)
+    print("machine: %s" % machine())
+    print("server pinned with `taskset -c 0` (comhash: unpinned), "
+          "`greencmd bench` with `taskset -c 1`\n")
+    results: dict[str, dict[str, list[dict]]] = {n: {e: [] for e in ENGINES} for n in names}
+    sweep: dict[int, dict[str, list[float]]] = {c: {e: [] for e in ENGINES} for c in SWEEP}
+    with tempfile.TemporaryDirectory(prefix="greencmd-compare-") as workdir:
+        with open(os.path.join(workdir, "source.log"), "w") as f:
+            f.writelines("Nov 26 12:00:%02d host app[1]: line %d of a fixed log\n" % (i, i)
+                         for i in range(40))
+        for rep in range(args.reps):
+            order = ENGINES if rep % 2 == 0 else ENGINES[::-1]
+            for name in names:
+                for engine in order:
+                    sys.stderr.write("rep %d/%d: %s, %s\n" % (rep + 1, args.reps, name, engine))
+                    results[name][engine].append(run_one(engine, name, args.seconds, workdir))
+            if not args.no_sweep:
+                for connections in SWEEP:
+                    SCENARIOS["sweep"] = ("unknown", ["--quiet"], ["-c", str(connections)], True)
+                    for engine in order:
+                        result = run_one(engine, "sweep", args.seconds / 2, workdir)
+                        sweep[connections][engine].append(result["rate"])
+    report(names, results, args.reps)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "results": results,
+                       "sweep": {str(k): v for k, v in sweep.items()}}, f, indent=1)
+    if args.plot and not args.no_sweep:
+        plot(sweep, args.plot)
+
+
+def report(names: list[str], results: dict, reps: int) -> None:
+    """Print medians and per-repetition ratios as a Markdown table."""
+    print("| scenario | unit | gevent (median) | Twisted (median) | gevent/Twisted per rep "
+          "| server µs/op gevent / Twisted | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in names:
+        runs = results[name]
+        unit = "KiB RSS/session" if name == "idle" else runs["gevent"][0]["unit"]
+        medians = {e: statistics.median(value(r, name) for r in runs[e]) for e in ENGINES}
+        ratios = ["%.2f" % (value(g, name) / value(t, name))
+                  for g, t in zip(runs["gevent"], runs["twisted"], strict=True)]
+        cost = {e: statistics.median(r["server_us_per_op"] or 0 for r in runs[e])
+                for e in ENGINES}
+        errors = sum(r["errors"] for e in ENGINES for r in runs[e])
+        print("| %s | %s | %.1f | %.1f | %s | %.1f / %.1f | %d |" % (
+            name, unit, medians["gevent"], medians["twisted"], ", ".join(ratios),
+            cost["gevent"], cost["twisted"], errors))
+        if name == "comhash":
+            for e in ENGINES:
+                print("|  | comhash %s vs hashlib single thread | %s |  |  |  |  |"
+                      % (e, [r["extra"]["vs_hashlib"] for r in runs[e]]))
+        if name == "idle":
+            for e in ENGINES:
+                print("|  | unknown beside 5,000 idle, %s (replies/s) | %s |  |  |  |  |"
+                      % (e, [round(r["rate"]) for r in runs[e]]))
+
+
+def plot(sweep: dict, path: str) -> None:
+    """replies/s against connections, both engines (needs matplotlib: the bench extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for engine in ENGINES:
+        ys = [statistics.median(sweep[c][engine]) for c in SWEEP]
+        ax.plot(SWEEP, ys, marker="o", label=engine)
+    ax.set_xscale("log")
+    ax.set_xlabel("connections (closed loop, unknown command, --quiet)")
+    ax.set_ylabel("replies/s (median)")
+    ax.set_title("greencmd: gevent engine vs Twisted twin")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.text(0.01, 0.01, machine(), fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
