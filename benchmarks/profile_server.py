@@ -15,6 +15,7 @@ import shutil
 import sys
 
 import gevent
+import gevent.subprocess
 import yappi
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -6,6 +6,7 @@ can cause end in one sentence on stderr and an exit status, never a traceback.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -14,7 +15,7 @@ import click
 
 from . import __version__, client, protocol
 from .config import ServerConfig
-from .errors import BindError
+from .errors import BindError, describe_os_error
 
 __all__ = ["cli", "main"]
 
@@ -69,11 +70,20 @@ def cli() -> None:
          help="Log only connections, errors and lifecycle, not every command.")
 @_option("--engine", type=click.Choice(["gevent", "twisted"]), default="gevent",
          help="gevent, or the Twisted twin from the comparison module.")
-def serve(engine: str, **options: object) -> None:
+@_option("--workers", default=1, type=click.IntRange(1),
+         help="Server processes sharing the port (gevent engine); --max-clients "
+              "applies to each.")
+def serve(engine: str, workers: int, **options: object) -> None:
     """Run the server in the foreground until SIGTERM or SIGINT; log to stdout."""
     from . import logs
 
+    if workers > 1 and engine != "gevent":
+        raise click.UsageError("--workers is for the gevent engine only.")
     run = _engine(engine)
+    if workers > 1:
+        from .workers import run_workers
+
+        run = functools.partial(run_workers, count=workers)
     if options["log_file"] is None:
         options["log_file"] = logs.default_log_file()
     config = ServerConfig(**{k: v if v != "" else None for k, v in options.items()})
@@ -190,7 +200,8 @@ def bench(host: str, port: int, scenarios: tuple[str, ...], as_json: bool,
         try:
             results.append(loadgen.run_scenario(name, (host, port), settings))
         except OSError as exc:
-            raise click.ClickException("%s: %s" % (name, exc)) from None
+            raise click.ClickException("%s: %s:%d: %s" % (
+                name, host, port, describe_os_error(exc))) from None
     if as_json:
         click.echo(json.dumps(loadgen.as_json(results), indent=2))
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 __all__ = ["BindError", "cannot_listen", "describe_os_error"]
 
 
@@ -11,9 +13,13 @@ class BindError(Exception):
 
 def describe_os_error(exc: OSError) -> str:
     """``[Errno 98] Address already in use`` -> ``address already in use``."""
-    # args[1] is the system's text; gevent appends the address to .strerror.
-    text = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else None
-    text = text or exc.strerror or str(exc) or type(exc).__name__
+    # The system's own words: gevent and socket.create_server() append the
+    # address to .strerror. getaddrinfo's errors have a negative errno.
+    if isinstance(exc.errno, int) and exc.errno > 0:
+        text = os.strerror(exc.errno)
+    else:
+        text = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else None
+        text = text or exc.strerror or str(exc) or type(exc).__name__
     return text[:1].lower() + text[1:]
 
 

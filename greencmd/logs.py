@@ -44,13 +44,17 @@ class TwistedFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """``YYYY-MM-DD HH:MM:SS+ZZZZ [system] message``."""
-        second = int(record.created)
+        return self.line(record.created, getattr(record, "system", LIFECYCLE),
+                         record.getMessage())
+
+    def line(self, created: float, system: str, message: str) -> str:
+        """The log line for ``message`` from ``system`` at time ``created``."""
+        second = int(created)
         # One strftime per second, not per line: it dominates a busy log otherwise.
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S%z", time.localtime(second))
-        system = getattr(record, "system", LIFECYCLE)
-        return "%s [%s] %s" % (self._stamp, system, record.getMessage())
+        return "%s [%s] %s" % (self._stamp, system, message)
 
 
 #: Longest a log line waits in a buffer once the engine's timer is installed.
@@ -67,10 +71,13 @@ class BufferedStreamHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         """Write the line; leave the flush to the flusher (or do it now, without one)."""
         try:
-            self.stream.write(self.format(record) + "\n")
+            self.write_line(self.format(record) + "\n")
         except Exception:
             self.handleError(record)
-            return
+
+    def write_line(self, line: str) -> None:
+        """Write a formatted line (``log()``'s fast path); flush soon."""
+        self.stream.write(line)
         if not _flusher.written():
             self.flush()
 
@@ -162,7 +169,7 @@ def setup_logging(log_file: str | None, stream: TextIO | None = None
     logger.propagate = False
     # Fields the format never shows, each computed for every record otherwise.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    formatter = TwistedFormatter()
+    formatter = _formatter
     handlers: list[logging.Handler] = [BufferedStreamHandler(stream or sys.stdout)]
     file_handler = ReopenableFileHandler(log_file) if log_file else None
     if file_handler:
@@ -174,6 +181,7 @@ def setup_logging(log_file: str | None, stream: TextIO | None = None
 
 
 _logger = logging.getLogger(LOGGER_NAME)
+_formatter = TwistedFormatter()
 
 
 def reopen_log_files() -> None:
@@ -184,11 +192,26 @@ def reopen_log_files() -> None:
 
 
 def log(message: str, system: str = LIFECYCLE) -> None:
-    """Log one line as ``system``."""
-    # makeRecord + handle: Logger.info() would walk the stack to find the caller.
-    if _logger.isEnabledFor(logging.INFO):
-        _logger.handle(_logger.makeRecord(LOGGER_NAME, logging.INFO, "", 0, message, None,
-                                          None, extra={"system": system}))
+    """Log one line as ``system``.
+
+    Our own handlers get the formatted line written straight into their buffer:
+    a LogRecord per line (and the caller lookup Logger.info() does) costs more
+    than answering a command. Any other handler gets a full record. All logging
+    happens on the event loop's thread, so no lock is taken.
+    """
+    if not _logger.isEnabledFor(logging.INFO):
+        return
+    line = record = None
+    for handler in _logger.handlers:
+        if isinstance(handler, BufferedStreamHandler):
+            if line is None:
+                line = _formatter.line(time.time(), system, message) + "\n"
+            handler.write_line(line)
+        else:
+            if record is None:
+                record = _logger.makeRecord(LOGGER_NAME, logging.INFO, "", 0, message, None,
+                                            None, extra={"system": system})
+            handler.handle(record)
 
 
 def session_system(number: int, host: str) -> str:

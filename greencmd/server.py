@@ -18,7 +18,6 @@ import time
 import gevent
 from gevent.event import Event
 from gevent.server import StreamServer
-from gevent.socket import wait
 from greenlet import greenlet
 
 from . import protocol
@@ -71,6 +70,10 @@ REQUEST, REPLY = "request", "reply"
 class Session:
     """One client connection, served by one greenlet from accept to close."""
 
+    # Slots: thousands of idle sessions each save a __dict__.
+    __slots__ = ("server", "sock", "host", "system", "busy", "idle_timeout", "deadline",
+                 "waiting", "hub", "readable", "more_queued")
+
     def __init__(self, server: CommandServer, sock: socket.socket, host: str,
                  number: int) -> None:
         self.server = server
@@ -86,11 +89,12 @@ class Session:
         # Waiting for readability before recv() saves the recv that would fail
         # with EAGAIN while the client waits for our reply; after a full read,
         # more is likely queued, so recv() goes first.
-        self.readable = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self.hub = gevent.get_hub()
+        self.readable = self.hub.loop.io(sock.fileno(), 1)
         self.more_queued = False
 
-    def run(self) -> None:
-        """Serve requests until the client leaves; log why the session ended."""
+    def run(self) -> str:
+        """Serve requests until the client leaves; log and return why it ended."""
         try:
             reason = self._serve()
         except ClientGone:
@@ -102,6 +106,7 @@ class Session:
             self.busy = False
             self.readable.close()
         log_lost(reason, self.system)
+        return reason
 
     def _serve(self) -> str:
         lines = protocol.LineBuffer(self.server.config.max_line)
@@ -127,19 +132,23 @@ class Session:
         """The next bytes from the client; b"" at EOF, ``None`` after the idle timeout.
 
         The idle clock counts from the last complete line (or reply), so a client
-        that trickles bytes without ever ending a line is timed out too.
+        that trickles bytes without ever ending a line is timed out too. The
+        server's reaper enforces it: a socket timeout would cost a gevent Timeout
+        object on every recv that waits.
         """
+        self.waiting = REQUEST
         try:
-            if self.idle_timeout:
-                left = self.deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self.sock.settimeout(left)
-            return self.sock.recv(RECV_SIZE)
-        except TimeoutError:
+            if not self.more_queued:
+                self.hub.wait(self.readable)
+            data = self.sock.recv(RECV_SIZE)
+            self.more_queued = len(data) == RECV_SIZE
+            return data
+        except IdleTimeout:
             return None
         except OSError as exc:
             raise ClientGone() from exc
+        finally:
+            self.waiting = None
 
     def _answer(self, lines: list[bytes]) -> bool:
         """Answer ``lines`` in order; False once the client said ``exit``.
@@ -194,7 +203,7 @@ class Session:
         # Only a reset means the client is gone: EOF is a half-close, and data is
         # the next request. Either way there is nothing more to watch for.
         try:
-            wait(self.readable)
+            self.hub.wait(self.readable)
             self.sock.recv(1, socket.MSG_PEEK)
         except OSError:
             session.kill(ClientGone, block=False)
@@ -249,10 +258,13 @@ class CommandServer(StreamServer):
     our own count, and the refused get a reply at once.
     """
 
-    def __init__(self, config: ServerConfig, runtime: Runtime | None = None) -> None:
-        super().__init__((config.host, config.port), backlog=BACKLOG)
+    def __init__(self, config: ServerConfig, listener: socket.socket | None = None) -> None:
+        if listener is None:
+            super().__init__((config.host, config.port), backlog=BACKLOG)
+        else:  # a socket already listening (--workers): gevent takes no backlog then
+            super().__init__(listener)
         self.config = config
-        self.runtime = runtime or Runtime.from_config(config)
+        self.runtime = Runtime.from_config(config)
         self.sessions: dict[gevent.Greenlet, Session] = {}
         self.accepted = 0
         self.closing = False
@@ -295,12 +307,16 @@ class CommandServer(StreamServer):
         session = Session(self, sock, host, number)
         me = gevent.getcurrent()
         self.sessions[me] = session
+        reason = RESET
         try:
-            session.run()
+            reason = session.run()
         finally:
             del self.sessions[me]
             self.session_idle()
-        linger_close(sock)
+        if reason == CLEAN and nothing_unread(sock):
+            sock.close()  # a FIN, not a reset: nothing to linger for
+        else:
+            linger_close(sock)
 
     def session_idle(self) -> None:
         """A session finished a batch of commands; wake a waiting shutdown."""
@@ -328,6 +344,18 @@ class CommandServer(StreamServer):
         self.runtime.pool.kill()
 
 
+def nothing_unread(sock: socket.socket) -> bool:
+    """True when the client has sent nothing we have not read (one peek, no wait)."""
+    # Timeout 0: gevent raises EAGAIN instead of waiting for data.
+    sock.settimeout(0.0)
+    try:
+        return not sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
 def linger_close(sock: socket.socket) -> None:
     """Hang up politely: send FIN, read and drop what the client still sends.
 
@@ -352,13 +380,14 @@ def linger_close(sock: socket.socket) -> None:
     sock.close()
 
 
-def run(config: ServerConfig) -> None:
+def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully.
 
     Logging must be set up by the caller. Raises :class:`BindError` when the
-    address cannot be bound.
+    address cannot be bound. With ``listener`` (a worker of ``--workers``), the
+    socket is already bound and the supervisor has announced it.
     """
-    server = CommandServer(config)
+    server = CommandServer(config, listener)
     install_flush_timer(call_later)
     stop = Event()
     # Handlers first: whoever waits for the "starting on" line may signal at once.
@@ -371,10 +400,11 @@ def run(config: ServerConfig) -> None:
         except OSError as exc:
             server.runtime.pool.kill()
             raise cannot_listen(format_address(config.host, config.port), exc) from None
-        log("greencmd.server.CommandServer starting on %s"
-            % format_address(*server.address[:2]))
-        log(describe_lastlog_source(server.runtime.lastlog_source,
-                                    server.runtime.lastlog_tried))
+        if listener is None:
+            log("greencmd.server.CommandServer starting on %s"
+                % format_address(*server.address[:2]))
+            log(describe_lastlog_source(server.runtime.lastlog_source,
+                                        server.runtime.lastlog_tried))
         stop.wait()
         server.shutdown(config.grace)
     finally:

@@ -176,7 +176,9 @@ class CmdSession(LineReceiver):
         self.reason, self.hanging_up, self.paused = reason, True, True
         self.stop_idle_clock()
         self.transport.loseWriteConnection()
-        if self.eof:
+        # A clean end with nothing unread closes at once (as the gevent engine does):
+        # only unread input could turn the close into a reset.
+        if self.eof or (reason == CLEAN and not self._buffer):
             self.transport.loseConnection()
         else:
             reactor.callLater(LINGER_SECONDS, self.transport.loseConnection)

@@ -1,0 +1,135 @@
+"""``greencmd serve --workers N``: N gevent server processes on one listening socket.
+
+The parent binds the socket before forking (it never starts a gevent hub), then
+supervises: a worker that dies is started again, SIGTERM/SIGINT is passed to
+every worker, which drains as a single server would, and SIGHUP makes them all
+reopen their log files. The kernel spreads connections over the workers that
+wait in accept(). ``--max-clients`` applies to each worker, so the server as a
+whole takes up to N times that many sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+from .config import (
+    BACKLOG,
+    ServerConfig,
+    choose_lastlog_source,
+    describe_lastlog_source,
+    format_address,
+)
+from .errors import cannot_listen
+from .logs import flush_logs, log, reopen_log_files
+
+__all__ = ["run_workers"]
+
+#: A worker that dies sooner than this after its start is restarted only after
+#: this long, so a worker that cannot start does not turn into a fork loop.
+RESTART_BACKOFF = 1.0
+
+
+def listen(config: ServerConfig) -> socket.socket:
+    """A listening socket for ``config``; raises BindError."""
+    address = format_address(config.host, config.port)
+    try:
+        family = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)[0][0]
+        listener = socket.create_server((config.host, config.port), family=family,
+                                        backlog=BACKLOG)
+    except OSError as exc:
+        raise cannot_listen(address, exc) from None
+    # Every worker wakes for a new connection and one wins: the others must get
+    # EAGAIN from accept(), not block their event loop in it.
+    listener.setblocking(False)
+    return listener
+
+
+def run_workers(config: ServerConfig, count: int) -> None:
+    """Bind, start ``count`` workers, supervise them until SIGTERM/SIGINT."""
+    listener = listen(config)
+    host, port = listener.getsockname()[:2]
+    log("greencmd.workers.Supervisor (%d workers) starting on %s"
+        % (count, format_address(host, port)))
+    log(describe_lastlog_source(*choose_lastlog_source(config)))
+    Supervisor(config, listener, count).run()
+    log("Main loop terminated.")
+    flush_logs()
+
+
+class Supervisor:
+    """Starts, restarts and stops the worker processes."""
+
+    def __init__(self, config: ServerConfig, listener: socket.socket, count: int) -> None:
+        self.config = config
+        self.listener = listener
+        self.count = count
+        self.workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
+        self.stopping = False
+
+    def run(self) -> None:
+        """Start the workers, then reap and restart them until told to stop."""
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._reopen)
+        for index in range(self.count):
+            self._start(index)
+        while self.workers:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            index, started = self.workers.pop(pid, (None, 0.0))
+            if index is None:
+                continue
+            if self.stopping:
+                log("Worker %d (pid %d) stopped" % (index, pid))
+                continue
+            log("Worker %d (pid %d) exited with status %d; starting it again"
+                % (index, pid, os.waitstatus_to_exitcode(status)))
+            if time.monotonic() - started < RESTART_BACKOFF:
+                time.sleep(RESTART_BACKOFF)
+            if not self.stopping:
+                self._start(index)
+
+    def _start(self, index: int) -> None:
+        flush_logs()  # or the child inherits, and writes again, what is buffered
+        pid = os.fork()
+        if pid == 0:
+            os._exit(self._work(index))
+        self.workers[pid] = (index, time.monotonic())
+        log("Worker %d started (pid %d)" % (index, pid))
+
+    def _work(self, index: int) -> int:
+        """In the child: run one gevent server on the shared socket; the exit status."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        try:
+            from .server import run  # gevent's hub is born here, in the child
+
+            run(self.config, listener=self.listener)
+            return 0
+        except BaseException as exc:  # noqa: BLE001 (a worker must never return into the parent's loop)
+            log("Worker %d failed: %s" % (index, exc))
+            return 1
+        finally:
+            flush_logs()
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if not self.stopping:
+            log("Stopping %d workers" % len(self.workers))
+        self.stopping = True
+        self._signal_all(signal.SIGTERM)
+
+    def _reopen(self, signum: int, frame: object) -> None:
+        reopen_log_files()
+        self._signal_all(signal.SIGHUP)
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass

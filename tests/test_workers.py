@@ -1,0 +1,73 @@
+"""serve --workers N: processes sharing one port, supervised."""
+
+import os
+import signal
+
+import pytest
+from conftest import HELP, Server, greencmd_env, read_all, read_until, run_greencmd, wait_until
+
+
+@pytest.fixture
+def workers(tmp_path):
+    server = Server(["--port", "0", "--workers", "2", "--log-file", str(tmp_path / "w.log"),
+                     "--lastlog-file", str(tmp_path / "w.log"), "--max-clients", "50"],
+                    tmp_path, greencmd_env())
+    yield server
+    if server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait()
+    for pid in worker_pids(server):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def worker_pids(server):
+    return server.children()
+
+
+def test_two_workers_serve_the_same_port(workers):
+    wait_until(lambda: len(worker_pids(workers)) == 2, 15, "two workers")
+    workers.wait_for_count("Worker", 2)
+    replies = [workers.talk(b"help\nlastlog 1\n") for _ in range(20)]
+    assert all(reply.startswith(HELP + b"Begin lastlog\n") for reply in replies)
+
+
+def test_a_killed_worker_is_started_again(workers):
+    wait_until(lambda: len(worker_pids(workers)) == 2, 15, "two workers")
+    victim = worker_pids(workers)[0]
+    os.kill(victim, signal.SIGKILL)
+    workers.wait_for_log(lambda line: "(pid %d) exited with status -9; starting it again"
+                         % victim in line)
+    wait_until(lambda: len(worker_pids(workers)) == 2 and victim not in worker_pids(workers),
+               15, "a new worker")
+    assert workers.talk(b"help\n") == HELP
+
+
+def test_sigterm_drains_every_worker_and_exits_0(workers):
+    wait_until(lambda: len(worker_pids(workers)) == 2, 15, "two workers")
+    workers.wait_for_count("Worker", 2)
+    sessions = [workers.connect() for _ in range(6)]
+    for sock in sessions:
+        sock.sendall(b"help\n")
+        assert read_until(sock, b"\n") == HELP
+    assert workers.stop() == 0
+    for sock in sessions:
+        assert read_all(sock) == b"Server shutting down, bye!\n"
+        sock.close()
+    assert workers.children() == []
+    assert workers.lines[-1].endswith("Main loop terminated.")
+
+
+def test_workers_are_for_the_gevent_engine_only():
+    result = run_greencmd("serve", "--engine", "twisted", "--workers", "2", "--port", "0")
+    assert result.returncode == 2 and b"gevent engine only" in result.stderr
+
+
+def test_busy_port_with_workers_exits_1(workers):
+    result = run_greencmd("serve", "--workers", "2", "--port", str(workers.port),
+                          "--log-file", "")
+    assert result.returncode == 1
+    assert result.stderr == (b"greencmd: cannot listen on 127.0.0.1:%d: address already in use\n"
+                             % workers.port)
