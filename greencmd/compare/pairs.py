@@ -35,16 +35,16 @@ class Pair(NamedTuple):
     twisted: Side
 
 
-_SERVER, _COMMANDS = "server.py", "commands.py"
+_SERVER, _SESSION, _COMMANDS = "server.py", "session.py", "commands.py"
 _TWIN, _PAGE, _PAGE_TWIN = ("compare/twisted_server.py", "compare/getpage.py",
                             "compare/getpage_twisted.py")
 
 PAIRS = [
     Pair("session", "The session loop. Read a line, run the command, write the reply.",
-         Side(_SERVER, ("Session._serve", "Session._run_lines")),
+         Side(_SESSION, ("Session.serve", "Session._serve", "Session._run_lines")),
          Side(_TWIN, ("CmdSession.dataReceived", "CmdSession.lineReceived"))),
     Pair("ordering", "Replies in request order. One command at a time per connection.",
-         Side(_SERVER, ("Session._answer",)),
+         Side(_SESSION, ("Session._answer",)),
          Side(_TWIN, ("CmdSession.wait_for", "CmdSession.deliver"))),
     Pair("lastlog", "Run tail, collect its output, kill it if it takes too long.",
          Side(_COMMANDS, ("lastlog", "run_tail", "_read_capped")),
@@ -54,11 +54,11 @@ PAIRS = [
          Side(_TWIN, ("CmdSession.comhash", "CmdSession.hash_done",
                       "CmdSession.hash_failed"))),
     Pair("timeout", "The idle timeout. Close a session that sends no complete line.",
-         Side(_SERVER, ("Session._restart_idle_clock", "Session._receive")),
+         Side(_SESSION, ("Session.restart_idle_clock", "Session.time_out")),
          Side(_TWIN, ("CmdSession.restart_idle_clock", "CmdSession.stop_idle_clock",
                       "CmdSession.idle_check"))),
     Pair("errors", "Error paths. A client that resets mid-command, a command that fails.",
-         Side(_SERVER, ("Session.run", "Session._run_watched", "Session._watch_for_reset")),
+         Side(_SESSION, ("Session.serve", "Session._run_watched", "Session._watch_for_reset")),
          Side(_TWIN, ("CmdSession.connectionLost", "CmdSession.command_failed"))),
     Pair("shutdown", "Shutdown. Stop listening, let commands finish, say bye to everyone.",
          Side(_SERVER, ("CommandServer.shutdown",)),
