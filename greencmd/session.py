@@ -59,7 +59,7 @@ class Session:
 
     # Slots: thousands of idle sessions each save a __dict__.
     __slots__ = ("server", "sock", "host", "system", "lines", "hub", "readable", "greenlet",
-                 "busy", "ended", "more_queued", "deadline", "writing")
+                 "turn", "busy", "ended", "more_queued", "deadline", "writing")
 
     def __init__(self, server: CommandServer, sock: socket.socket, host: str,
                  number: int) -> None:
@@ -71,6 +71,9 @@ class Session:
         self.hub = gevent.get_hub()
         self.readable = self.hub.loop.io(sock.fileno(), 1)
         self.greenlet: greenlet | None = None  # None while parked
+        # Counts each time a greenlet takes the session up: an interrupt meant for
+        # one turn must not hit the next (runner greenlets are reused).
+        self.turn = 0
         self.busy = False
         self.ended = False
         # After a read that filled the buffer, more is likely queued: read again
@@ -184,18 +187,31 @@ class Session:
             if not self.ended:
                 self._end(RESET)
 
-    def interrupt(self, exc: type[BaseException]) -> None:
-        """Raise ``exc`` in the session's greenlet, from the hub, as gevent's kill does."""
+    def interrupt(self, exc: type[BaseException], turn: int | None = None) -> None:
+        """Raise ``exc`` in the session's greenlet, from the hub, as gevent's kill does.
+
+        Only if the session is still in ``turn`` (default: the current one) when
+        the hub gets to it; a session that moved on is left alone.
+        """
+        if self.greenlet is not None:
+            self.hub.loop.run_callback(self._throw, self.turn if turn is None else turn, exc)
+
+    def _throw(self, turn: int, exc: type[BaseException]) -> None:
         target = self.greenlet
-        if target is not None:
-            self.hub.loop.run_callback(_throw_into, target, exc)
+        if turn == self.turn and target is not None and not target.dead:
+            target.throw(exc)
+
+    def take_up(self, runner: greenlet) -> None:
+        """``runner`` serves the session from now on: a new turn."""
+        self.greenlet = runner
+        self.turn += 1
 
     def unpark(self) -> bool:
         """Take a parked session out of its wait (for the reaper, for shutdown)."""
         if self.greenlet is not None or self.ended:
             return False
         self.readable.stop()
-        self.greenlet = gevent.getcurrent()
+        self.take_up(gevent.getcurrent())
         return True
 
     def time_out(self) -> None:
@@ -224,21 +240,32 @@ class Session:
     # -- commands that wait --------------------------------------------------------
 
     def _run_watched(self, run, runtime: Runtime, arg: bytes) -> bytes:
-        """Run a command that waits, ending it early if the client resets."""
-        watcher = gevent.spawn(self._watch_for_reset, gevent.getcurrent())
+        """Run a command that waits, ending it early if the client resets.
+
+        The watch is a bare io watcher, closed before this returns: one left
+        registered after the socket is closed would, once the fd number is reused
+        by a new client, unregister that client's fd from epoll.
+        """
+        watch = self.hub.loop.io(self.sock.fileno(), 1)
+        watch.start(self._check_reset, watch, self.turn)
         try:
             return run(runtime, arg)
         finally:
-            watcher.kill(block=False)
+            watch.close()
 
-    def _watch_for_reset(self, session: greenlet) -> None:
-        # Only a reset means the client is gone: EOF is a half-close, and data is
-        # the next request. Either way there is nothing more to watch for.
+    def _check_reset(self, watch, turn: int) -> None:
+        # In the hub: the client sent more, closed its side, or reset. Only a reset
+        # means it is gone; after data or EOF there is nothing more to watch for.
+        watch.stop()
+        self.sock.settimeout(0.0)  # peek without waiting: this is the hub
         try:
-            self.hub.wait(self.readable)
             self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            watch.start(self._check_reset, watch, turn)
         except OSError:
-            self.hub.loop.run_callback(_throw_into, session, ClientGone)
+            self.interrupt(ClientGone, turn)
+        finally:
+            self.sock.settimeout(None)
 
     def _wait_for_shutdown(self) -> None:
         # The server is closing: run no more commands; it throws ShuttingDown in.
@@ -309,25 +336,27 @@ class Runners:
     def run(self, session: Session) -> None:
         """In the hub: serve ``session`` on an idle runner (or a new one) now."""
         runner = self.idle.pop() if self.idle else greenlet(self._loop, self.hub)
-        session.greenlet = runner
+        session.take_up(runner)
         runner.switch(session)
 
-    def _loop(self, session: Session) -> None:
+    def _loop(self, session: Session | None) -> None:
         while session is not None:
             session.serve_safely()
             self.idle.append(getcurrent())
-            # Back to the hub until run() hands over the next session (None: stop).
-            session = self.hub.switch()
+            session = self._next()
+
+    def _next(self) -> Session | None:
+        # Back to the hub until run() hands over the next session (None: stop).
+        while True:
+            try:
+                return self.hub.switch()
+            except BaseException:  # noqa: BLE001 (an interrupt that came too late)
+                continue
 
     def stop(self) -> None:
         """End the idle runners (at shutdown)."""
         while self.idle:
             self.hub.loop.run_callback(self.idle.pop().switch, None)
-
-
-def _throw_into(target: greenlet, exc: type[BaseException]) -> None:
-    if target and not target.dead:
-        target.throw(exc)
 
 
 def nothing_unread(sock: socket.socket) -> bool:

@@ -10,9 +10,11 @@ whole takes up to N times that many sessions.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
+import sys
 import time
 
 from .config import (
@@ -26,6 +28,8 @@ from .errors import cannot_listen
 from .logs import flush_logs, log, reopen_log_files
 
 __all__ = ["run_workers"]
+
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 #: A worker that dies sooner than this after its start is restarted only after
 #: this long, so a worker that cannot start does not turn into a fork loop.
@@ -68,6 +72,7 @@ class Supervisor:
         self.count = count
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
         self.stopping = False
+        self.parent = os.getpid()
 
     def run(self) -> None:
         """Start the workers, then reap and restart them until told to stop."""
@@ -106,6 +111,8 @@ class Supervisor:
         """In the child: run one gevent server on the shared socket; the exit status."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
+        if not stop_with_parent(self.parent):
+            return 0
         try:
             from .server import run  # gevent's hub is born here, in the child
 
@@ -133,3 +140,18 @@ class Supervisor:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def stop_with_parent(parent: int) -> bool:
+    """Have the kernel send SIGTERM when ``parent`` dies; False if it already has.
+
+    A worker whose supervisor was killed (SIGKILL gives it no chance to pass
+    SIGTERM on) must not serve on, unsupervised. Linux only; elsewhere a no-op.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+    return os.getppid() == parent

@@ -74,6 +74,16 @@ def test_pipelined_mixed_requests_in_one_write_come_back_in_order(server, tmp_pa
     assert server.talk(data) == b"".join(reply for _, reply in requests)
 
 
+def test_commands_that_wait_one_after_another_on_one_connection(server, tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    with server.connect() as sock:
+        for request in (b"lastlog 1", b"comhash %s" % bytes(tmp_path / "f"), b"lastlog 2",
+                        b"help", b"comhash %s" % bytes(tmp_path / "f"), b"lastlog 1"):
+            sock.sendall(request + b"\n")
+            reply = read_until(sock, b"lastlog\n" if b"lastlog" in request else b"\n")
+            assert reply.startswith((b"Begin lastlog\n", b"File hash is : ", b"Commands:"))
+
+
 def test_replies_to_one_request_at_a_time(server):
     with server.connect() as sock:
         for _ in range(3):

@@ -13,14 +13,15 @@ def workers(tmp_path):
                      "--lastlog-file", str(tmp_path / "w.log"), "--max-clients", "50"],
                     tmp_path, greencmd_env())
     yield server
-    if server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait()
+    # Workers first: once the supervisor is gone they are no longer its children.
     for pid in worker_pids(server):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    if server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait()
 
 
 def worker_pids(server):
@@ -71,3 +72,20 @@ def test_busy_port_with_workers_exits_1(workers):
     assert result.returncode == 1
     assert result.stderr == (b"greencmd: cannot listen on 127.0.0.1:%d: address already in use\n"
                              % workers.port)
+
+
+def test_workers_stop_when_the_supervisor_is_killed(workers):
+    wait_until(lambda: len(worker_pids(workers)) == 2, 15, "two workers")
+    pids = worker_pids(workers)
+    workers.proc.kill()
+    workers.proc.wait()
+    wait_until(lambda: not any(os.path.exists("/proc/%d" % pid) and not is_zombie(pid)
+                               for pid in pids), 15, "workers gone with their supervisor")
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True

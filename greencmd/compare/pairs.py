@@ -58,7 +58,7 @@ PAIRS = [
          Side(_TWIN, ("CmdSession.restart_idle_clock", "CmdSession.stop_idle_clock",
                       "CmdSession.idle_check"))),
     Pair("errors", "Error paths. A client that resets mid-command, a command that fails.",
-         Side(_SESSION, ("Session.serve", "Session._run_watched", "Session._watch_for_reset")),
+         Side(_SESSION, ("Session.serve", "Session._run_watched", "Session._check_reset")),
          Side(_TWIN, ("CmdSession.connectionLost", "CmdSession.command_failed"))),
     Pair("shutdown", "Shutdown. Stop listening, let commands finish, say bye to everyone.",
          Side(_SERVER, ("CommandServer.shutdown",)),
