@@ -123,15 +123,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), default=None)
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="only the replies/s-against-connections sweep and its plot")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args()
-    names = args.only or list(SCENARIOS)
+    names = [] if args.sweep_only else (args.only or list(SCENARIOS))
     print("machine: %s" % machine())
     print("server pinned with `taskset -c 0` (comhash: unpinned), "
           "`greencmd bench` with `taskset -c 1`\n")
     results: dict[str, dict[str, list[dict]]] = {n: {e: [] for e in ENGINES} for n in names}
-    sweep: dict[int, dict[str, list[float]]] = {c: {e: [] for e in ENGINES} for c in SWEEP}
+    sweep: dict[int, dict[str, list[dict]]] = {c: {e: [] for e in ENGINES} for c in SWEEP}
     with tempfile.TemporaryDirectory(prefix="greencmd-compare-") as workdir:
         with open(os.path.join(workdir, "source.log"), "w") as f:
             f.writelines("Nov 26 12:00:%02d host app[1]: line %d of a fixed log\n" % (i, i)
@@ -147,8 +149,10 @@ def main() -> None:
                     SCENARIOS["sweep"] = ("unknown", ["--quiet"], ["-c", str(connections)], True)
                     for engine in order:
                         result = run_one(engine, "sweep", args.seconds / 2, workdir)
-                        sweep[connections][engine].append(result["rate"])
-    report(names, results, args.reps)
+                        sweep[connections][engine].append(
+                            {"rate": result["rate"], "us": result["server_us_per_op"]})
+    if names:
+        report(names, results, args.reps)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "results": results,
@@ -191,17 +195,21 @@ def plot(sweep: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, (rates, costs) = plt.subplots(1, 2, figsize=(10, 4.2))
     for engine in ENGINES:
-        ys = [statistics.median(sweep[c][engine]) for c in SWEEP]
-        ax.plot(SWEEP, ys, marker="o", label=engine)
-    ax.set_xscale("log")
-    ax.set_xlabel("connections (closed loop, unknown command, --quiet)")
-    ax.set_ylabel("replies/s (median)")
-    ax.set_title("greencmd: gevent engine vs Twisted twin")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+        rates.plot(SWEEP, [statistics.median(r["rate"] for r in sweep[c][engine])
+                           for c in SWEEP], marker="o", label=engine)
+        costs.plot(SWEEP, [statistics.median(r["us"] or 0 for r in sweep[c][engine])
+                           for c in SWEEP], marker="o", label=engine)
+    rates.set_ylabel("replies/s (median; load generator on one CPU)")
+    costs.set_ylabel("server CPU per reply, µs (median; lower is better)")
+    for ax in (rates, costs):
+        ax.set_xscale("log")
+        ax.set_xlabel("connections (closed loop, unknown command, --quiet)")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle("greencmd: gevent engine vs Twisted twin")
     fig.text(0.01, 0.01, machine(), fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
