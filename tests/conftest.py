@@ -256,3 +256,13 @@ def sha1_of_file(path) -> bytes:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return b"File hash is : %s\n" % digest.hexdigest().encode()
+
+
+def no_twisted_env(tmp_path: Path) -> dict[str, str]:
+    """An environment in which ``import twisted`` fails, as without the extra."""
+    fake = tmp_path / "no-twisted" / "twisted"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named twisted')\n")
+    env = greencmd_env()
+    env["PYTHONPATH"] = str(fake.parent) + os.pathsep + env["PYTHONPATH"]
+    return env

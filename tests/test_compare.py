@@ -1,26 +1,16 @@
 """greencmd compare, and the getPage lessons run both ways against a real HTTP server."""
 
-import os
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import greencmd_env, run_greencmd
+from conftest import greencmd_env, no_twisted_env, run_greencmd
 
 from greencmd.compare.pairs import PAIRS, render_pair, source_of
 
 PAGE = b"<p>Mixed CASE Page</p>"
-
-
-def no_twisted_env(tmp_path):
-    fake = tmp_path / "no-twisted" / "twisted"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError('No module named twisted')\n")
-    env = greencmd_env()
-    env["PYTHONPATH"] = str(fake.parent) + os.pathsep + env["PYTHONPATH"]
-    return env
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda pair: pair.name)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import greencmd_env, run_greencmd
+from conftest import greencmd_env, no_twisted_env, run_greencmd
 
 TRANSCRIPTS = {
     "mixed": b"help\nLASTLOG 3\nlastlog 1001\ncomhash {f}\ncomhash {d}\ncomhash\n"
@@ -50,13 +50,8 @@ def test_engines_agree_on_a_reset_mid_request(start_server):
 
 
 def test_twisted_engine_without_twisted_says_how_to_install_it(tmp_path):
-    fake = tmp_path / "no-twisted" / "twisted"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError('No module named twisted')\n")
-    env = greencmd_env()
-    env["PYTHONPATH"] = str(fake.parent) + os.pathsep + env["PYTHONPATH"]
     result = run_greencmd("serve", "--engine", "twisted", "--port", "0", "--log-file", "",
-                          env=env)
+                          env=no_twisted_env(tmp_path))
     assert result.returncode == 2
     assert b"pip install 'greencmd[twisted]'" in result.stderr
     assert b"Traceback" not in result.stderr
