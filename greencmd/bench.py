@@ -159,12 +159,18 @@ def closed_loop(socks: list[socket.socket], request: bytes, expected: bytes | No
     _percentiles(result, latencies)
 
 
+def run_closed_loop(address: tuple[str, int], options, request: bytes,
+                    expected: bytes | None, result: Result) -> Result:
+    """:func:`closed_loop` on ``options.connections`` new connections, closed after."""
+    with _connections(address, options.connections) as socks:
+        closed_loop(socks, request, expected, options.seconds, result)
+    return result
+
+
 def unknown(address, options) -> Result:
     """C connections in a closed loop, each asking an unknown command."""
     result = Result("unknown", "replies/s", extra={"connections": options.connections})
-    with _connections(address, options.connections) as socks:
-        closed_loop(socks, b"nope\n", NOT_FOUND, options.seconds, result)
-    return result
+    return run_closed_loop(address, options, b"nope\n", NOT_FOUND, result)
 
 
 def pipeline(address, options) -> Result:
@@ -275,9 +281,8 @@ def comhash(address, options) -> Result:
                 digest.update(block)
         hashlib_rate = size / (time.perf_counter() - started) / 1e6
         expected = protocol.hash_reply(digest.hexdigest())
-        with _connections(address, options.connections) as socks:
-            closed_loop(socks, b"comhash %s\n" % os.fsencode(f.name), expected,
-                        options.seconds, result)
+        run_closed_loop(address, options, b"comhash %s\n" % os.fsencode(f.name), expected,
+                        result)
     result.rate = result.count * size / result.seconds / 1e6
     result.extra["hashlib_single_thread_mb_s"] = round(hashlib_rate, 1)
     result.extra["vs_hashlib"] = round(result.rate / hashlib_rate, 2)
@@ -287,9 +292,7 @@ def comhash(address, options) -> Result:
 def lastlog(address, options) -> Result:
     """C clients asking ``lastlog`` in a loop; the first reply is the reference."""
     result = Result("lastlog", "replies/s", extra={"clients": options.connections})
-    with _connections(address, options.connections) as socks:
-        closed_loop(socks, b"lastlog\n", None, options.seconds, result)
-    return result
+    return run_closed_loop(address, options, b"lastlog\n", None, result)
 
 
 def idle(address, options) -> Result:

@@ -37,15 +37,14 @@ def hash_file(arg: bytes, root: str | None) -> bytes:
     """
     if not arg:
         return protocol.NO_PATH
-    path = protocol.decode_path(arg)
-    if "\0" in path:
-        return protocol.error("%r: a file name cannot contain a NUL byte" % path)
+    requested = protocol.decode_path(arg)
+    if "\0" in requested:
+        return protocol.error("%r: a file name cannot contain a NUL byte" % requested)
     try:
-        if root is not None:
-            path = _inside_root(path, root)
+        path = requested if root is None else _inside_root(requested, root)
         return protocol.hash_reply(_sha1_of_regular_file(path))
     except OutsideRoot:
-        return protocol.error("%s: outside the allowed root" % protocol.decode_path(arg))
+        return protocol.error("%s: outside the allowed root" % requested)
     except (OSError, ValueError) as exc:
         return protocol.error(str(exc))
 

@@ -87,8 +87,10 @@ class Session:
     # -- the session loop ------------------------------------------------------
 
     def serve(self) -> None:
-        """Answer what the client sent; park when it has nothing more; end when done."""
-        self.greenlet = gevent.getcurrent()
+        """Answer what the client sent; park when it has nothing more; end when done.
+
+        Runs on the greenlet that took the session up (:meth:`take_up`).
+        """
         try:
             reason = self._serve()
         except ClientGone:
