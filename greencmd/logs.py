@@ -185,10 +185,11 @@ _formatter = TwistedFormatter()
 
 
 def reopen_log_files() -> None:
-    """Reopen every log file (on SIGHUP, after logrotate moved them)."""
+    """Reopen every log file (on SIGHUP, after logrotate moved them), and say so."""
     for handler in _logger.handlers:
         if isinstance(handler, ReopenableFileHandler):
             handler.reopen()
+    log("Log file reopened.")
 
 
 def log(message: str, system: str = LIFECYCLE) -> None:

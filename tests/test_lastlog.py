@@ -5,7 +5,7 @@ import socket
 import struct
 
 import pytest
-from conftest import SAMPLE_LINES, lastlog_of, read_all, wait_until
+from conftest import SAMPLE_LINES, lastlog_of, read_all, read_until, wait_until
 
 from greencmd.config import LASTLOG_CANDIDATES
 
@@ -129,6 +129,18 @@ def test_default_source_falls_back_to_the_servers_own_log(start_server, tmp_path
     assert reply.startswith(b"Begin lastlog\n") and reply.endswith(b"End lastlog\n")
     if expected == str(own):
         assert b" starting on 127.0.0.1:" in reply
+
+
+def test_lastlog_of_the_own_log_sees_what_was_just_logged(start_server, tmp_path):
+    # The log is flushed every 50 ms, and once more right before tail reads it.
+    own = tmp_path / "own.log"
+    server = start_server("--log-file", str(own), "--lastlog-file", str(own))
+    with server.connect() as sock:
+        sock.sendall(b"marker-line-one\nlastlog 3\n")
+        reply = read_until(sock, b"End lastlog\n")
+    assert reply.startswith(b"Command not found.\nBegin lastlog\n")
+    assert b"Cmd received from 127.0.0.1 : marker-line-one\n" in reply
+    assert b"Cmd received from 127.0.0.1 : lastlog 3\n" in reply
 
 
 def test_no_source_at_all_says_how_to_choose_one(start_server):

@@ -60,7 +60,8 @@ def test_sighup_reopens_the_log_file(start_server, tmp_path):
     server = start_server("--log-file", str(path))
     path.rename(tmp_path / "rot.log.1")
     server.proc.send_signal(signal.SIGHUP)
-    wait_until(path.exists, 10, "log file reopened")
+    wait_until(lambda: path.exists() and "Log file reopened." in path.read_text(), 10,
+               "log file reopened")
     assert server.talk(b"help\n") == HELP
     wait_until(lambda: "Client connection" in path.read_text(), 10, "new file written")
     assert "Client connection" not in (tmp_path / "rot.log.1").read_text()

@@ -61,6 +61,23 @@ def test_sigterm_drains_every_worker_and_exits_0(workers):
     assert workers.lines[-1].endswith("Main loop terminated.")
 
 
+def test_sighup_makes_every_worker_reopen_the_log(workers, tmp_path):
+    wait_until(lambda: len(worker_pids(workers)) == 2, 15, "two workers")
+    workers.wait_for_count("Worker", 2)
+    log = tmp_path / "w.log"
+    log.rename(tmp_path / "w.log.1")
+    workers.proc.send_signal(signal.SIGHUP)
+    # The supervisor and both workers each say so in the new file.
+    wait_until(lambda: log.exists() and log.read_text().count("Log file reopened.") == 3, 10,
+               "log file reopened by the supervisor and both workers")
+    # Enough connections that both workers take some; each must write to the new file.
+    for _ in range(40):
+        assert workers.talk(b"help\n") == HELP
+    wait_until(lambda: log.read_text().count("Client connection") == 40, 10,
+               "every connection logged in the new file")
+    assert "Client connection" not in (tmp_path / "w.log.1").read_text()
+
+
 def test_workers_are_for_the_gevent_engine_only():
     result = run_greencmd("serve", "--engine", "twisted", "--workers", "2", "--port", "0")
     assert result.returncode == 2 and b"gevent engine only" in result.stderr
