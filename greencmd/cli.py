@@ -141,25 +141,33 @@ def client_command(host: str, port: int, timeout: float, command: tuple[str, ...
     sys.exit(status)
 
 
+def _pair_names() -> list[str]:
+    from .compare.pairs import PAIRS
+
+    return [pair.name for pair in PAIRS]
+
+
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, metavar="[NAME]",
+                type=click.Choice(_pair_names(), case_sensitive=False))
 @click.option("--width", type=click.IntRange(40), default=None,
               help="Columns to fit (default: the terminal's width).")
-def compare(name: str | None, width: int | None) -> None:
+def compare(name: str | None, width: int | None) -> None:  # noqa: D103 (help below)
     """Show gevent code beside its Twisted Deferred-chain twin.
 
-    NAME picks one pair; without it, every pair is shown. Works without Twisted:
-    the source is read as text.
+    NAME picks one pair, in any case; without it, every pair is shown. The
+    pairs: {names}.
+
+    Works without Twisted: the source is read as text.
     """
     from .compare.pairs import PAIRS, render_pair
 
     chosen = [pair for pair in PAIRS if name in (None, pair.name)]
-    if not chosen:
-        raise click.BadParameter("no pair %r; choose one of: %s"
-                                 % (name, ", ".join(p.name for p in PAIRS)),
-                                 param_hint="NAME")
     width = width or shutil.get_terminal_size((120, 24)).columns
     click.echo("\n\n".join(render_pair(pair, width) for pair in chosen))
+
+
+compare.help = compare.help.format(names=", ".join(_pair_names()))
 
 
 @cli.command()

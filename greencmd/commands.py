@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess as std_subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import gevent
-from gevent.event import AsyncResult
-from gevent.os import make_nonblocking, nb_read
 from gevent.threadpool import ThreadPool
 
 from . import jobs, protocol
 from .config import ServerConfig, choose_lastlog_source
+from .errors import describe_os_error
+
+# gevent.subprocess's API, spawned by the stdlib's faster C code (see the module).
+from .fast_subprocess import DEVNULL, PIPE, STDOUT, Popen
 
 __all__ = ["Runtime", "Command", "COMMANDS", "lastlog", "comhash", "help_"]
 
@@ -64,80 +66,58 @@ def run_tail(argv: list[str], source: str, timeout: float) -> bytes:
     the ``finally`` still kills and reaps the child.
     """
     try:
-        child, exited = spawn_watched(argv)
+        tail = Popen(argv, stdin=DEVNULL, stdout=PIPE, stderr=STDOUT, start_new_session=True)
     except OSError as exc:
-        return protocol.error("cannot run tail: %s" % exc)
-    fd = child.stdout.fileno()
-    make_nonblocking(fd)
+        return protocol.error("cannot run tail: %s" % describe_os_error(exc))
     try:
         with gevent.Timeout(timeout, TailTimeout):
-            output = _read_capped(fd)
-            status = exited.get() if output is not None else None
+            output = read_capped(tail.stdout, jobs.LASTLOG_MAX_BYTES)
+            status = tail.wait() if output is not None else None
     except TailTimeout:
         return jobs.lastlog_timed_out(source, timeout)
     finally:
-        _kill_and_reap(child, exited)
+        kill_and_reap(tail)
     return jobs.lastlog_result(source, status, output)
 
 
-def spawn_watched(argv: list[str]) -> tuple[std_subprocess.Popen, AsyncResult]:
-    """Start ``argv`` (stdout a pipe, stderr merged, own session); watch its exit.
-
-    Spawned by the stdlib's ``Popen``, whose C ``fork_exec`` (vfork) starts a
-    child several times faster than ``gevent.subprocess``, which forks in
-    Python. The wait stays cooperative: the same libev child watcher that
-    ``gevent.subprocess`` uses reports the exit, and it is registered before this
-    greenlet yields, so the exit cannot be missed. Must run in the hub's thread.
-    """
-    child = std_subprocess.Popen(argv, stdin=std_subprocess.DEVNULL,
-                                 stdout=std_subprocess.PIPE, stderr=std_subprocess.STDOUT,
-                                 start_new_session=True)
-    exited = AsyncResult()
-    watcher = gevent.get_hub().loop.child(child.pid, False)
-
-    def on_exit() -> None:
-        watcher.stop()
-        exited.set(os.waitstatus_to_exitcode(watcher.rstatus))
-        watcher.close()
-
-    watcher.start(on_exit)
-    return child, exited
-
-
-def _read_capped(fd: int) -> bytes | None:
-    """Everything up to EOF, or ``None`` past :data:`jobs.LASTLOG_MAX_BYTES`."""
+def read_capped(stream: BinaryIO, limit: int) -> bytes | None:
+    """Everything up to EOF, or ``None`` once it is over ``limit`` bytes."""
     chunks = []
     size = 0
-    while True:
-        chunk = nb_read(fd, 65536)
-        if not chunk:
-            return b"".join(chunks)
+    while chunk := stream.read(65536):
         size += len(chunk)
-        if size > jobs.LASTLOG_MAX_BYTES:
+        if size > limit:
             return None
         chunks.append(chunk)
+    return b"".join(chunks)
 
 
-def _kill_and_reap(child: std_subprocess.Popen, exited: AsyncResult) -> None:
-    if not exited.ready():
-        try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    # Reaped by the watcher; telling the stdlib object keeps it from reaping too.
-    child.returncode = exited.get()
-    child.stdout.close()
+def kill_and_reap(child: Popen) -> None:
+    """Kill ``child`` and all it started, if it still runs; wait for it; close its pipe."""
+    try:
+        if child.poll() is None:
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            child.wait()
+    finally:
+        child.stdout.close()
 
 
 def comhash(runtime: Runtime, arg: bytes) -> bytes:
     """``comhash PATH``: the SHA-1 of a file, computed on a pool thread.
 
-    If this greenlet is killed while it waits, the thread finishes its file and
-    the result is dropped.
+    If this greenlet is killed while it waits (the client reset, shutdown gave
+    up), the thread is told to stop, and does within one chunk of the file.
     """
     if not arg:
         return protocol.NO_PATH
-    return runtime.pool.apply(jobs.hash_file, (arg, runtime.config.hash_root))
+    abandoned = threading.Event()
+    try:
+        return runtime.pool.apply(jobs.hash_file, (arg, runtime.config.hash_root, abandoned))
+    finally:
+        abandoned.set()
 
 
 def help_(runtime: Runtime, arg: bytes) -> bytes:

@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import stat
+import threading
 
 from . import protocol
 from .config import no_source_message
@@ -27,13 +28,14 @@ _FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
 
-def hash_file(arg: bytes, root: str | None) -> bytes:
+def hash_file(arg: bytes, root: str | None, abandoned: threading.Event | None = None) -> bytes:
     """The whole ``comhash`` reply for the path ``arg``; never raises.
 
     Runs in a worker thread. Errors come back as the reply, not as exceptions:
     gevent's ThreadPool prints a traceback for every exception a job raises. The
     file is streamed in chunks, so memory stays flat whatever its size; FIFOs and
-    devices are never opened.
+    devices are never opened. Once ``abandoned`` is set (nobody waits for the
+    reply any more) it stops within one chunk; what it returns then is dropped.
     """
     if not arg:
         return protocol.NO_PATH
@@ -42,7 +44,7 @@ def hash_file(arg: bytes, root: str | None) -> bytes:
         return protocol.error("%r: a file name cannot contain a NUL byte" % requested)
     try:
         path = requested if root is None else _inside_root(requested, root)
-        return protocol.hash_reply(_sha1_of_regular_file(path))
+        return protocol.hash_reply(_sha1_of_regular_file(path, abandoned))
     except OutsideRoot:
         return protocol.error("%s: outside the allowed root" % requested)
     except (OSError, ValueError) as exc:
@@ -63,7 +65,7 @@ def _inside_root(path: str, root: str) -> str:
     return real
 
 
-def _sha1_of_regular_file(path: str) -> str:
+def _sha1_of_regular_file(path: str, abandoned: threading.Event | None) -> str:
     _require_regular(os.stat(path).st_mode, path)
     # O_NONBLOCK: if the path became a FIFO since stat(), open() must not hang.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
@@ -74,7 +76,7 @@ def _sha1_of_regular_file(path: str) -> str:
         view = memoryview(buffer)
         while True:
             count = f.readinto(buffer)
-            if not count:
+            if not count or abandoned is not None and abandoned.is_set():
                 return digest.hexdigest()
             digest.update(view[:count])
 

@@ -86,31 +86,44 @@ class Flusher:
     """Flushes the log handlers once, FLUSH_DELAY after the first unflushed line."""
 
     def __init__(self) -> None:
-        self.schedule: Callable[[float, Callable[[], None]], object] | None = None
-        self.pending = False
+        self.schedule: Schedule | None = None
+        self.cancel: Callable[[], object] | None = None  # the pending flush's
 
     def written(self) -> bool:
         """Note an unflushed line; False when no timer is installed (flush now)."""
         if self.schedule is None:
             return False
-        if not self.pending:
-            self.pending = True
-            self.schedule(FLUSH_DELAY, self.flush)
+        if self.cancel is None:
+            self.cancel = self.schedule(FLUSH_DELAY, self._due)
         return True
 
+    def _due(self) -> None:
+        self.cancel = None
+        self.flush()
+
     def flush(self) -> None:
-        """Flush every handler now."""
-        self.pending = False
+        """Flush every handler now (a flush already scheduled still comes)."""
         for handler in _logger.handlers:
             handler.flush()
 
+    def stop(self) -> None:
+        """Flush now, cancel the pending flush, and flush each line at once from now on."""
+        cancel, self.cancel, self.schedule = self.cancel, None, None
+        if cancel is not None:
+            cancel()
+        self.flush()
 
+
+#: ``schedule(delay, callback)`` runs ``callback`` after ``delay`` seconds in the
+#: engine's event loop, and returns a function that cancels it.
+Schedule = Callable[[float, Callable[[], None]], Callable[[], object]]
 _flusher = Flusher()
 
 
-def install_flush_timer(schedule: Callable[[float, Callable[[], None]], object]) -> None:
-    """Let the engine run the log flushes: ``schedule(delay, callback)``."""
+def install_flush_timer(schedule: Schedule) -> Callable[[], None]:
+    """Let the engine run the log flushes; returns the function that stops them."""
     _flusher.schedule = schedule
+    return _flusher.stop
 
 
 def flush_logs() -> None:

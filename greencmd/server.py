@@ -1,8 +1,9 @@
-"""The gevent command server: a StreamServer that runs a :class:`Session` per client.
+"""The gevent command server: a StreamServer that runs a :class:`Session` per connection.
 
-Around the sessions it keeps what the spec asks: max clients (refused, not
-queued), the idle timeout (one reaper, not a timer per read), graceful shutdown
-on SIGTERM/SIGINT, and the log.
+Each connection gets the greenlet StreamServer spawns for it and keeps it from
+accept to close. Around the sessions the server keeps what the spec asks: max
+clients (refused at once, not queued), graceful shutdown on SIGTERM/SIGINT,
+log reopening on SIGHUP, and the log itself.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ from __future__ import annotations
 import gc
 import signal
 import socket
-import time
 
 import gevent
 from gevent.event import Event
 from gevent.server import StreamServer
-from greenlet import greenlet
 
 from . import protocol
 from .commands import Runtime
 from .config import BACKLOG, LINGER_SECONDS, ServerConfig, describe_lastlog_source, format_address
+from .connection import linger_close
 from .errors import cannot_listen
 from .logs import (
     REFUSED,
@@ -31,7 +31,7 @@ from .logs import (
     reopen_log_files,
     session_system,
 )
-from .session import Runners, Session, ShuttingDown, linger_close
+from .session import Session, ShuttingDown
 
 __all__ = ["CommandServer", "run"]
 
@@ -40,7 +40,7 @@ class CommandServer(StreamServer):
     """Accepts connections and runs a :class:`Session` for each, up to max clients.
 
     gevent's ``Pool`` would queue the extra clients unanswered, so the limit is
-    our own count, and the refused get a reply at once.
+    our own count of open sessions, and the refused get a reply at once.
     """
 
     def __init__(self, config: ServerConfig, listener: socket.socket | None = None) -> None:
@@ -51,101 +51,57 @@ class CommandServer(StreamServer):
         self.config = config
         self.runtime = Runtime.from_config(config)
         self.sessions: set[Session] = set()
-        self.runners = Runners()
         self.accepted = 0
-        self.closing = False
-        self._idle = Event()
-        self._drained = Event()
-        self._reaper: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        """Listen, and start the idle reaper when there is an idle timeout."""
-        super().start()
-        if self.config.idle_timeout:
-            self._reaper = gevent.spawn(self._reap_idle_sessions)
+        self.closing = Event()
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
-        """Take a new connection: refuse it, or start its session (which parks)."""
+        """Serve one connection in this greenlet, from accept to close (or refuse it)."""
         number, self.accepted = self.accepted, self.accepted + 1
         host = address[0]
         log_connection(host)
-        if len(self.sessions) >= self.config.max_clients or self.closing:
-            try:
-                sock.sendall(protocol.TOO_MANY)
-            except OSError:
-                pass
-            log_lost(REFUSED, session_system(number, host))
-            linger_close(sock)
+        if len(self.sessions) >= self.config.max_clients or self.closing.is_set():
+            refuse(sock, session_system(number, host))
             return
-        try:
-            session = Session(self, sock, host, number)
-        except BaseException:
-            sock.close()
-            raise
+        session = Session(sock, host, number, self.config, self.runtime, self.closing)
         self.sessions.add(session)
-        session.restart_idle_clock()
-        session.park()
-
-    def do_close(self, sock: socket.socket, *args: object) -> None:
-        """Not when handle() returns: a parked session outlives it and closes itself."""
-
-    def forget(self, session: Session) -> None:
-        """A session ended: free its slot; wake a shutdown waiting for the last one."""
-        self.sessions.discard(session)
-        self.session_idle()
-        if self.closing and not self.sessions:
-            self._drained.set()
-
-    def session_idle(self) -> None:
-        """A session finished a batch of commands; wake a waiting shutdown."""
-        if self.closing and not any(s.busy for s in self.sessions):
-            self._idle.set()
-
-    def _reap_idle_sessions(self) -> None:
-        # One greenlet checks every session a few times per timeout period, instead
-        # of a timer per read; a session is overdue by at most a quarter period.
-        interval = min(1.0, self.config.idle_timeout / 4)
-        loop = self.loop
-        while True:
-            gevent.sleep(interval)
-            now = time.monotonic()
-            for session in list(self.sessions):
-                if not session.deadline or now < session.deadline:
-                    continue
-                if session.greenlet is None:
-                    gevent.spawn(session.time_out)
-                elif session.writing:
-                    # Checked again in the hub: the reply may be taken by then.
-                    loop.run_callback(session.expire)
+        try:
+            session.run()
+        finally:
+            self.sessions.discard(session)
 
     def shutdown(self, grace: float) -> None:
         """Stop accepting, let commands finish for ``grace`` seconds, then say bye.
 
-        Every session still open gets ``SHUTTING_DOWN``; returns once all are closed.
+        Sessions waiting for a request get the bye at once; a session whose
+        command finishes in time says bye itself once it has sent the reply. Work
+        still running when the grace ends is abandoned (``tail`` killed, the hash
+        told to stop). Returns once every session is closed.
         """
-        self.closing = True
+        self.closing.set()
         self.close()
-        if self._reaper is not None:
-            self._reaper.kill()
         log("Shutting down: stopped listening; %g seconds' grace for commands" % grace)
-        self.session_idle()
-        if self.sessions:
-            self._idle.wait(grace)
         for session in list(self.sessions):
-            if session.greenlet is None:
-                gevent.spawn(session.say_goodbye)
-            else:
-                session.interrupt(ShuttingDown)
-        if self.sessions:
-            self._drained.wait(LINGER_SECONDS + 1)
+            if session.waiting:
+                session.greenlet.kill(ShuttingDown, block=False)
+        gevent.joinall(self._greenlets(), timeout=grace)
+        gevent.killall(self._greenlets(), ShuttingDown, timeout=LINGER_SECONDS + 1)
         # Whatever still hangs (a client that reads nothing) is cut off.
-        for session in list(self.sessions):
-            session.interrupt(ShuttingDown)
-        if self.sessions:
-            self._drained.wait(1)
-        self.runners.stop()
-        gevent.sleep(0)  # let the idle runners end
+        gevent.killall(self._greenlets(), timeout=1)
         self.runtime.pool.kill()
+
+    def _greenlets(self) -> list[gevent.Greenlet]:
+        return [session.greenlet for session in self.sessions]
+
+
+def refuse(sock: socket.socket, system: str) -> None:
+    """Tell a client over the limit so, and hang up."""
+    sock.settimeout(LINGER_SECONDS)
+    try:
+        sock.sendall(protocol.TOO_MANY)
+    except OSError:
+        pass
+    log_lost(REFUSED, system)
+    linger_close(sock)
 
 
 def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
@@ -156,7 +112,8 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
     socket is already bound and the supervisor has announced it.
     """
     server = CommandServer(config, listener)
-    install_flush_timer(call_later)
+    stop_flushing = install_flush_timer(
+        lambda delay, flush: gevent.spawn_later(delay, flush).kill)
     stop = Event()
     # Handlers first: whoever waits for the "starting on" line may signal at once.
     handlers = [gevent.signal_handler(signum, stop.set)
@@ -178,25 +135,20 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
     finally:
         for handler in handlers:
             handler.cancel()
-    log("Stopped with %d greenlets left beside the hub and main" % live_greenlets())
+        stop_flushing()
+    left = running_greenlets()
+    if left:
+        log("Stopped, but %d greenlets were still running: a bug in greencmd, please report it"
+            % left)
+    else:
+        log("Stopped: every session closed, no command left running.")
     log("Main loop terminated.")
     flush_logs()
 
 
-def call_later(delay: float, callback) -> None:
-    """Run ``callback`` in the hub after ``delay`` seconds: a timer, no greenlet."""
-    timer = gevent.get_hub().loop.timer(delay)
-
-    def fire() -> None:
-        timer.close()
-        callback()
-
-    timer.start(fire)
-
-
-def live_greenlets() -> int:
-    """Greenlets still alive other than the hub and this one: 0 after a clean stop."""
+def running_greenlets() -> int:
+    """gevent greenlets still running beside this one: 0 after a clean stop."""
     # gc is slow, but this runs once, at exit, to prove sessions leave nothing behind.
-    keep = {gevent.getcurrent(), gevent.get_hub()}
+    me = gevent.getcurrent()
     return sum(1 for obj in gc.get_objects()
-               if isinstance(obj, greenlet) and obj and not obj.dead and obj not in keep)
+               if isinstance(obj, gevent.Greenlet) and obj is not me and not obj.dead)

@@ -1,5 +1,6 @@
 """greencmd compare, and the getPage lessons run both ways against a real HTTP server."""
 
+import re
 import subprocess
 import sys
 import threading
@@ -8,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import greencmd_env, no_twisted_env, run_greencmd
 
-from greencmd.compare.pairs import PAIRS, render_pair, source_of
+from greencmd.compare.pairs import CUT, PAIRS, render_pair, source_of
 
 PAGE = b"<p>Mixed CASE Page</p>"
 
@@ -51,7 +52,35 @@ def test_compare_one_pair():
 
 def test_compare_unknown_pair_is_a_usage_error():
     result = run_greencmd("compare", "nope")
-    assert result.returncode == 2 and b"session, ordering" in result.stderr
+    assert result.returncode == 2 and b"'nope' is not one of 'session', 'ordering'" \
+        in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+def test_compare_help_lists_every_pair_name():
+    out = run_greencmd("compare", "--help").stdout.decode()
+    listed = " ".join(out.split())  # help text is folded to the terminal's width
+    assert ", ".join(pair.name for pair in PAIRS) in listed
+
+
+@pytest.mark.parametrize("name", ["SESSION", "Session", "GetPage-Lower"])
+def test_compare_names_match_in_any_case(name):
+    result = run_greencmd("compare", name, "--width", "100")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines()[1].startswith("[%s]" % name.lower())
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda pair: pair.name)
+def test_identifiers_are_never_split_across_lines_at_80_columns(pair):
+    sides = (pair.gevent, pair.twisted)
+    whole = set(re.findall(r"\w+", "\n".join(
+        line for side in sides for line in ["gevent Twisted " + side.path, *source_of(side)])))
+    body = render_pair(pair, 80).splitlines()[3:]  # below the title
+    assert max(map(len, body)) <= 80
+    shown = [word for line in body for word in re.findall(r"\w+" + CUT + "?", line)]
+    fragments = [word for word in shown if not word.endswith(CUT) and word not in whole]
+    assert fragments == []
+    assert any(word.endswith(CUT) for word in shown) or pair.name.startswith("getpage")
 
 
 class Page(BaseHTTPRequestHandler):

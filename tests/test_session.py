@@ -170,4 +170,5 @@ def test_bad_sessions_leave_no_file_descriptor_behind(server, tmp_path):
 def test_bad_sessions_leave_no_greenlet_behind(server, tmp_path):
     test_bad_sessions_leave_no_file_descriptor_behind(server, tmp_path)
     assert server.stop() == 0
-    assert server.count_log("Stopped with 0 greenlets left") == 1
+    assert server.count_log("Stopped: every session closed, no command left running.") == 1
+    assert server.count_log("still running") == 0

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["Side", "Pair", "PAIRS", "source_of", "render_pair"]
+__all__ = ["Side", "Pair", "PAIRS", "CUT", "source_of", "render_pair"]
 
 PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -35,30 +35,31 @@ class Pair(NamedTuple):
     twisted: Side
 
 
-_SERVER, _SESSION, _COMMANDS = "server.py", "session.py", "commands.py"
+_SERVER, _SESSION, _CONNECTION, _COMMANDS = ("server.py", "session.py", "connection.py",
+                                              "commands.py")
 _TWIN, _PAGE, _PAGE_TWIN = ("compare/twisted_server.py", "compare/getpage.py",
                             "compare/getpage_twisted.py")
 
 PAIRS = [
     Pair("session", "The session loop. Read a line, run the command, write the reply.",
-         Side(_SESSION, ("Session.serve", "Session._serve", "Session._run_lines")),
+         Side(_SESSION, ("Session.serve", "Session.run_command")),
          Side(_TWIN, ("CmdSession.dataReceived", "CmdSession.lineReceived"))),
     Pair("ordering", "Replies in request order. One command at a time per connection.",
-         Side(_SESSION, ("Session._answer",)),
+         Side(_CONNECTION, ("Connection.write", "Connection.flush")),
          Side(_TWIN, ("CmdSession.wait_for", "CmdSession.deliver"))),
     Pair("lastlog", "Run tail, collect its output, kill it if it takes too long.",
-         Side(_COMMANDS, ("lastlog", "run_tail", "_read_capped")),
+         Side(_COMMANDS, ("lastlog", "run_tail", "read_capped", "kill_and_reap")),
          Side(_TWIN, ("CmdSession.lastlog", "CmdSession.lastlog_timed_out", "TailProtocol"))),
     Pair("comhash", "Hash a file on a thread while other sessions go on.",
          Side(_COMMANDS, ("comhash",)),
          Side(_TWIN, ("CmdSession.comhash", "CmdSession.hash_done",
                       "CmdSession.hash_failed"))),
     Pair("timeout", "The idle timeout. Close a session that sends no complete line.",
-         Side(_SESSION, ("Session.restart_idle_clock", "Session.time_out")),
+         Side(_CONNECTION, ("Connection.read_line", "Connection._receive")),
          Side(_TWIN, ("CmdSession.restart_idle_clock", "CmdSession.stop_idle_clock",
                       "CmdSession.idle_check"))),
     Pair("errors", "Error paths. A client that resets mid-command, a command that fails.",
-         Side(_SESSION, ("Session.serve", "Session._run_watched", "Session._check_reset")),
+         Side(_SESSION, ("Session.run", "watched_for_reset", "kill_on_reset")),
          Side(_TWIN, ("CmdSession.connectionLost", "CmdSession.command_failed"))),
     Pair("shutdown", "Shutdown. Stop listening, let commands finish, say bye to everyone.",
          Side(_SERVER, ("CommandServer.shutdown",)),
@@ -103,16 +104,27 @@ def _find(scope: ast.AST, parts: list[str], path: str) -> ast.AST:
     raise LookupError("%s has no %s" % (path, ".".join(parts)))
 
 
+#: Ends a piece of a line that is too long for its column even on its own.
+CUT = "\u2026"
+
+
 def _wrap(lines: list[str], width: int) -> list[str]:
-    """Fold lines longer than ``width`` at spaces, with a hanging indent."""
+    """Fold lines longer than ``width`` at spaces, with a hanging indent.
+
+    A word is never split: one longer than the column on its own is shown cut,
+    ending in :data:`CUT`.
+    """
     out = []
     for line in lines:
         line = line.expandtabs()
         if len(line) <= width:
             out.append(line)
             continue
-        hang = " " * (len(line) - len(line.lstrip()) + 4)
-        out += textwrap.wrap(line, width, subsequent_indent=hang, break_on_hyphens=False)
+        indent = min(len(line) - len(line.lstrip()), width // 2)
+        pieces = textwrap.wrap(line.lstrip(), width, initial_indent=" " * indent,
+                               subsequent_indent=" " * min(indent + 4, width // 2),
+                               break_long_words=False, break_on_hyphens=False)
+        out += [p if len(p) <= width else p[:width - 1] + CUT for p in pieces]
     return out
 
 

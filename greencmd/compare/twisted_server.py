@@ -412,7 +412,7 @@ def run(config: ServerConfig) -> None:
                             % format_address(address.host, address.port))
     reactor.callWhenRunning(log, describe_lastlog_source(factory.lastlog_source,
                                                          factory.lastlog_tried))
-    install_flush_timer(lambda delay, flush: reactor.callLater(delay, flush))
+    install_flush_timer(lambda delay, flush: reactor.callLater(delay, flush).cancel)
     reactor.addSystemEventTrigger("before", "shutdown", factory.shutdown)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reopen_log_files))
     reactor.run()
