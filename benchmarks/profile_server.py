@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from greencmd.config import ServerConfig  # noqa: E402
 from greencmd.logs import setup_logging  # noqa: E402
-from greencmd.server import CommandServer  # noqa: E402
+from greencmd.server import CommandServer, start_log_flushing  # noqa: E402
 
 
 def main() -> None:
@@ -41,6 +41,7 @@ def main() -> None:
     config = ServerConfig(port=0, quiet=args.quiet, max_clients=1000, log_file=log_file,
                           lastlog_file=args.lastlog_file or log_file)
     server = CommandServer(config)
+    start_log_flushing()  # as `greencmd serve` does
     server.start()
     port = server.address[1]
     bench = [sys.executable, "-m", "greencmd", "bench", "--port", str(port),

@@ -4,16 +4,22 @@
 greenlet only) until the client has sent a whole line; ``write()`` queues a
 reply, and what is queued goes out in one ``send()`` just before the session
 would wait for the client again, so a pipelined burst of quick requests is
-answered in one write. Both directions are bounded by the idle timeout, kept as
-the socket's own timeout: gevent starts a timer only when a call really waits.
+answered in one write.
+
+The idle timeout: while ``read_line()`` waits, ``idle_since`` says since when,
+and the server's reaper ends a session that waits too long (a timer per read
+would cost a third of the server's CPU per reply). A reply the client leaves
+unread is bounded by the socket's own timeout, which costs nothing unless a
+send really has to wait.
 
 Errors: every way the client can fail the session is one exception, raised
 where it happens: :class:`LineTooLong`, :class:`IdleTimeout` (no complete line
-in time) and :class:`ClientGone` (reset, failed write, or a reply left unread
-for the idle timeout; its ``reason`` is the log's).
+in time, raised by the reaper) and :class:`ClientGone` (reset, failed write, or
+a reply left unread for the idle timeout; its ``reason`` is the log's).
 
-Resource handling: :meth:`Connection.hang_up` closes the socket; it never raises.
-(gevent's StreamServer closes it too once the handler returns, whatever happened.)
+Resource handling: gevent's StreamServer closes the socket once the session
+returns, whatever happened; :meth:`Connection.hang_up` only lets the client go
+politely, and never raises.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from . import protocol
 from .config import LINGER_BYTES, LINGER_SECONDS, RECV_SIZE
 from .logs import IDLE, RESET
 
-__all__ = ["Connection", "LineTooLong", "IdleTimeout", "ClientGone", "linger_close"]
+__all__ = ["Connection", "LineTooLong", "IdleTimeout", "ClientGone", "nothing_unread",
+           "nothing_pending", "linger"]
 
 
 class LineTooLong(Exception):
@@ -47,104 +54,132 @@ class ClientGone(Exception):
 class Connection:
     """Lines from a client socket, replies to it; see the module's docstring."""
 
-    __slots__ = ("sock", "idle_timeout", "lines", "buffer", "owed", "eof")
+    __slots__ = ("sock", "idle_timeout", "lines", "buffer", "owed", "eof", "idle_since")
 
     def __init__(self, sock: socket.socket, max_line: int, idle_timeout: float) -> None:
         self.sock = sock
         self.idle_timeout = idle_timeout or None  # 0 disables it: wait for ever
-        self.lines: list[bytes] = []  # complete lines received, not yet read, reversed
+        # Both None when empty: thousands of idle sessions need no empty lists.
+        self.lines: list[bytes] | None = None  # complete lines not yet read, reversed
         self.buffer = protocol.LineBuffer(max_line)
-        self.owed: list[bytes] = []  # replies written, not yet sent
+        self.owed: list[bytes] | None = None  # replies written, not yet sent
         self.eof = False
+        #: When read_line() began to wait for the client's next line; None while
+        #: it does not wait (a command runs, or lines are at hand).
+        self.idle_since: float | None = None
 
     def read_line(self) -> bytes | None:
         """The next request line, without its line end; ``None`` once the client closed.
 
-        Sends the replies owed first if it has to wait. The client then has the
-        idle timeout from now to complete a line: bytes that trickle in without a
-        line feed do not restart the clock.
+        Sends the replies owed first if it has to wait. The idle clock runs from
+        then until a line is complete: bytes that trickle in without a line feed
+        do not restart it.
         """
-        deadline = None
         while not self.lines:
             if self.buffer.too_long:
                 raise LineTooLong()
             if self.eof:
                 return None
             self.flush()
-            if self.idle_timeout and deadline is None:
-                deadline = time.monotonic() + self.idle_timeout
-            data = self._receive(deadline)
-            lines = self.buffer.feed(data) if data else self.buffer.finish()
+            if self.idle_since is None:
+                self.idle_since = time.monotonic()
+            data = self._receive()
             self.eof = not data
+            lines = self.buffer.feed(data) if data else self.buffer.finish()
+            if len(lines) == 1:  # the usual case: one request per read
+                self.idle_since = None
+                return lines[0]
             lines.reverse()
             self.lines = lines
-        return self.lines.pop()
+        self.idle_since = None
+        line = self.lines.pop()
+        if not self.lines:
+            self.lines = None
+        return line
 
-    def _receive(self, deadline: float | None) -> bytes:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise IdleTimeout()
-            self.sock.settimeout(left)
+    def _receive(self) -> bytes:
+        self.sock.settimeout(None)  # the reaper keeps the idle timeout (see above)
         try:
             return self.sock.recv(RECV_SIZE)
-        except TimeoutError:
-            raise IdleTimeout() from None
         except OSError as exc:
             raise ClientGone() from exc
 
     def write(self, reply: bytes) -> None:
         """Queue ``reply``; it is sent before the session next waits (or on flush)."""
-        self.owed.append(reply)
+        if self.owed is None:
+            self.owed = [reply]
+        else:
+            self.owed.append(reply)
 
     def flush(self) -> None:
         """Send every reply owed; the client has the idle timeout to take them."""
-        if not self.owed:
+        if self.owed is None:
             return
         data = b"".join(self.owed) if len(self.owed) > 1 else self.owed[0]
-        self.owed = []
+        self.owed = None
         self.sock.settimeout(self.idle_timeout)
         try:
-            self.sock.sendall(data)
+            # send() first: gevent's sendall() asks the kernel for SO_SNDBUF on
+            # every call, one syscall more per reply.
+            sent = self.sock.send(data)
+            if sent < len(data):
+                self.sock.sendall(memoryview(data)[sent:])
         except TimeoutError:
             raise ClientGone(IDLE) from None
         except OSError as exc:
             raise ClientGone() from exc
 
     def hang_up(self, goodbye: bytes | None, clean: bool = False) -> None:
-        """Send what is owed and ``goodbye``, then close; never raises.
+        """Send what is owed and ``goodbye``, and let the client go; never raises.
 
-        ``goodbye`` None: the client is gone; send nothing, close at once.
-        ``clean`` (the client is done and nothing went wrong): close at once if
-        it sent nothing more, else linger so the replies survive (:func:`linger_close`).
+        ``goodbye`` None: the client is gone; send nothing. ``clean`` (the client
+        is done and nothing went wrong): if it sent nothing more, the close can
+        come at once; otherwise linger, so that the replies survive (:func:`linger`).
+        The socket itself is closed by StreamServer when the session returns.
         """
         if goodbye is None:
-            self.sock.close()
             return
-        self.write(goodbye)
+        if goodbye:
+            self.write(goodbye)
+        self.idle_timeout = LINGER_SECONDS  # a client that reads nothing is not waited for
         try:
             self.flush()
         except ClientGone:
-            pass
-        if clean and nothing_unread(self.sock):
-            self.sock.close()  # a FIN, not a reset: nothing to linger for
-        else:
-            linger_close(self.sock)
+            return
+        if not (clean and nothing_unread(self.sock)):
+            linger(self.sock)
 
 
 def nothing_unread(sock: socket.socket) -> bool:
-    """True when the client has sent nothing we have not read (one peek, no wait)."""
+    """True when the client has sent no byte we have not read (EOF may be pending)."""
+    return peek(sock) in (None, b"")
+
+
+def nothing_pending(sock: socket.socket) -> bool:
+    """True when no byte, EOF or reset from the client waits to be seen."""
+    return peek(sock) is None
+
+
+def peek(sock: socket.socket) -> bytes | None:
+    """The next byte the client sent, b"" at EOF or reset, None if nothing is there.
+
+    Never waits, and leaves the socket's timeout as it found it, so it is safe
+    while another greenlet waits on ``sock``.
+    """
+    saved = sock.gettimeout()
     sock.settimeout(0.0)  # gevent then raises EAGAIN instead of waiting
     try:
-        return not sock.recv(1, socket.MSG_PEEK)
+        return sock.recv(1, socket.MSG_PEEK)
     except BlockingIOError:
-        return True
+        return None
     except OSError:
-        return False
+        return b""
+    finally:
+        sock.settimeout(saved)
 
 
-def linger_close(sock: socket.socket) -> None:
-    """Hang up politely: send FIN, read and drop what the client still sends, close.
+def linger(sock: socket.socket) -> None:
+    """Before a close: send FIN, then read and drop what the client still sends, a while.
 
     Closing with unread input makes the kernel send a reset, and a reset can
     destroy the reply the client has not read yet ("Line too long.", a bye).
@@ -164,5 +199,3 @@ def linger_close(sock: socket.socket) -> None:
             dropped += len(chunk)
     except OSError:
         pass
-    finally:
-        sock.close()

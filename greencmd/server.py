@@ -11,6 +11,8 @@ from __future__ import annotations
 import gc
 import signal
 import socket
+import time
+from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
@@ -19,7 +21,7 @@ from gevent.server import StreamServer
 from . import protocol
 from .commands import Runtime
 from .config import BACKLOG, LINGER_SECONDS, ServerConfig, describe_lastlog_source, format_address
-from .connection import linger_close
+from .connection import IdleTimeout, linger, nothing_pending
 from .errors import cannot_listen
 from .logs import (
     REFUSED,
@@ -33,7 +35,7 @@ from .logs import (
 )
 from .session import Session, ShuttingDown
 
-__all__ = ["CommandServer", "run"]
+__all__ = ["CommandServer", "run", "start_log_flushing"]
 
 
 class CommandServer(StreamServer):
@@ -53,6 +55,13 @@ class CommandServer(StreamServer):
         self.sessions: set[Session] = set()
         self.accepted = 0
         self.closing = Event()
+        self._reaper: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        """Listen, and start the idle reaper when there is an idle timeout."""
+        super().start()
+        if self.config.idle_timeout:
+            self._reaper = gevent.spawn(self._reap_idle_sessions)
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
         """Serve one connection in this greenlet, from accept to close (or refuse it)."""
@@ -69,6 +78,24 @@ class CommandServer(StreamServer):
         finally:
             self.sessions.discard(session)
 
+    def _reap_idle_sessions(self) -> None:
+        """End sessions that have waited longer than ``--idle-timeout`` for a line.
+
+        One greenlet looks at every session a few times per period, so a session
+        is overdue by a quarter period at most. It ends only a session with
+        nothing from its client pending (no byte, EOF or reset): that session
+        cannot wake before the kill lands, so the kill lands in its wait.
+        """
+        idle = self.config.idle_timeout
+        while True:
+            gevent.sleep(min(1.0, idle / 4))
+            now = time.monotonic()
+            for session in list(self.sessions):
+                since = session.conn.idle_since
+                if since is not None and now - since >= idle \
+                        and nothing_pending(session.conn.sock):
+                    session.greenlet.kill(IdleTimeout, block=False)
+
     def shutdown(self, grace: float) -> None:
         """Stop accepting, let commands finish for ``grace`` seconds, then say bye.
 
@@ -79,6 +106,8 @@ class CommandServer(StreamServer):
         """
         self.closing.set()
         self.close()
+        if self._reaper is not None:
+            self._reaper.kill()
         log("Shutting down: stopped listening; %g seconds' grace for commands" % grace)
         for session in list(self.sessions):
             if session.waiting:
@@ -94,14 +123,14 @@ class CommandServer(StreamServer):
 
 
 def refuse(sock: socket.socket, system: str) -> None:
-    """Tell a client over the limit so, and hang up."""
+    """Tell a client over the limit so; StreamServer closes the socket after."""
     sock.settimeout(LINGER_SECONDS)
     try:
         sock.sendall(protocol.TOO_MANY)
     except OSError:
         pass
     log_lost(REFUSED, system)
-    linger_close(sock)
+    linger(sock)
 
 
 def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
@@ -112,8 +141,7 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
     socket is already bound and the supervisor has announced it.
     """
     server = CommandServer(config, listener)
-    stop_flushing = install_flush_timer(
-        lambda delay, flush: gevent.spawn_later(delay, flush).kill)
+    stop_flushing = start_log_flushing()
     stop = Event()
     # Handlers first: whoever waits for the "starting on" line may signal at once.
     handlers = [gevent.signal_handler(signum, stop.set)
@@ -144,6 +172,11 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
         log("Stopped: every session closed, no command left running.")
     log("Main loop terminated.")
     flush_logs()
+
+
+def start_log_flushing() -> Callable[[], None]:
+    """Flush the log shortly after lines are written; returns the function that stops it."""
+    return install_flush_timer(lambda delay, flush: gevent.spawn_later(delay, flush).kill)
 
 
 def running_greenlets() -> int:

@@ -6,7 +6,8 @@ loop, in that order. Every way a session can end is an exception caught in
 
 The session does not know the server. It is given the settings, the commands'
 runtime and the server's ``closing`` event; the server, which knows its
-sessions, ends one that waits for a request with ``kill(ShuttingDown)``.
+sessions, ends one that waits for a request with ``kill(ShuttingDown)`` at
+shutdown, or ``kill(IdleTimeout)`` when it has waited too long.
 While a command waits, a watcher greenlet ends the session with
 :class:`ClientGone` if the client resets, and the command's ``finally`` blocks
 clean up (``lastlog`` kills and reaps its ``tail``).
@@ -42,21 +43,27 @@ class ShuttingDown(GreenletExit):
 class Session:
     """One client connection, from accept to close."""
 
-    __slots__ = ("conn", "host", "system", "config", "runtime", "closing", "greenlet",
-                 "waiting")
+    __slots__ = ("conn", "host", "number", "config", "runtime", "closing", "greenlet")
 
     def __init__(self, sock: socket.socket, host: str, number: int, config: ServerConfig,
                  runtime: Runtime, closing: Event) -> None:
         self.conn = Connection(sock, config.max_line, config.idle_timeout)
         self.host = host
-        self.system = session_system(number, host)
+        self.number = number
         self.config = config
         self.runtime = runtime
         self.closing = closing
         self.greenlet = gevent.getcurrent()
-        #: True while the session waits for the client's next request: the server
-        #: may then end it at once at shutdown, as no command of it is in flight.
-        self.waiting = False
+
+    @property
+    def system(self) -> str:
+        """Who speaks in the log: ``CmdSession,N,HOST`` (made when needed, not kept)."""
+        return session_system(self.number, self.host)
+
+    @property
+    def waiting(self) -> bool:
+        """True while it waits for the client's next request (no command in flight)."""
+        return self.conn.idle_since is not None
 
     def run(self) -> None:
         """Serve the client until it is done, then log why and hang up.
@@ -81,9 +88,7 @@ class Session:
         """Answer request after request; the log's reason once the client is done."""
         conn = self.conn
         while not self.closing.is_set():
-            self.waiting = True
             line = conn.read_line()
-            self.waiting = False
             if line is None:
                 return CLEAN
             request = protocol.parse_request(line)
