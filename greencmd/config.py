@@ -18,6 +18,11 @@ RECV_SIZE = 65536
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
 
+#: Connections being refused at once, beyond --max-clients sessions. Past that,
+#: a server stops accepting until one ends: a flood waits in the kernel's
+#: listen queue instead of filling the process with descriptors.
+REFUSING = 100
+
 #: System logs tried, in order, when --lastlog-file is not given.
 LASTLOG_CANDIDATES = ("/var/log/syslog", "/var/log/messages")
 

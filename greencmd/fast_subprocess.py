@@ -1,25 +1,36 @@
-"""``gevent.subprocess.Popen``, spawned by the standard library's C ``fork_exec``.
+"""``gevent.subprocess.Popen``, spawned by the stdlib's C code and awaited on a pidfd.
 
-What it replaces: ``gevent.subprocess.Popen`` forks and prepares the child in
-Python. The standard library's ``Popen`` does it in C (``_posixsubprocess``,
-with vfork), which this machine measures several times faster per spawn
-(``python benchmarks/spawn.py``; docs/performance.md has the figures). ``lastlog``
-spawns a ``tail`` per request, so the spawn is most of its cost.
+What it replaces: ``gevent.subprocess.Popen``, for the part of its API greencmd
+uses: ``Popen(args, stdin=..., stdout=PIPE, stderr=..., start_new_session=...)``,
+a cooperative ``stdout`` (``read()`` waits in this greenlet only), and
+cooperative ``wait(timeout)``, ``poll()``, ``kill()`` and ``returncode``. A
+command reads exactly as it would with gevent's own.
 
-What stays the same: the part of gevent.subprocess's API greencmd uses, with
-its cooperative behaviour. ``stdout=PIPE`` is a gevent ``FileObjectPosix``, so
-``read()`` waits in this greenlet only; ``wait(timeout)`` waits on an
-``AsyncResult`` and raises ``subprocess.TimeoutExpired``; ``poll()``, ``kill()``
-and ``returncode`` behave as usual.
+What it buys (``python benchmarks/spawn.py``; docs/performance.md has the figures):
 
-Why it is safe: the exit is reported by the same libev child watcher that
-gevent.subprocess uses, and, as gevent.subprocess does, the SIGCHLD handler is
-installed *before* the fork and the watcher is started before this greenlet can
-yield. So a child that exits at once is still seen: libev reaps it in the
-event loop, which runs only after the watcher exists. (A watcher made without
-that handler misses a child that exits before it: the first ``lastlog`` of a
-fresh server could then hang.) The child is never waited for with a blocking
-``waitpid``, so the event loop never stops.
+- Speed: gevent.subprocess forks and prepares the child in Python; the stdlib's
+  ``Popen`` does it in C (``_posixsubprocess``, with vfork), several times faster
+  per spawn. ``lastlog`` spawns a ``tail`` per request.
+- Reliability: gevent learns that a child exited from a SIGCHLD handler and libev
+  child watchers. Under a storm of connections that each run a child, this
+  machine loses wake-ups there: a plain gevent server (``StreamServer``,
+  ``gevent.subprocess``, no greencmd code) left about 60 of 4,000 requests
+  waiting for ever on children and pipes that had long finished, on gevent 24.11
+  and 26.9, with libev's epoll and poll backends alike. Waiting on a pidfd
+  instead (an fd that becomes readable when the process exits, Linux 5.3+) uses
+  only io watchers: the same load completes every request.
+
+Why it is safe: the child is never waited for with a blocking call. Its exit is
+awaited with gevent's public ``gevent.socket.wait_read(pidfd)``, and only then
+reaped with ``waitpid``, which returns at once. No SIGCHLD handler is involved.
+Where pidfds do not exist, it falls back to gevent's own mechanism: the SIGCHLD
+handler installed *before* the fork (as gevent.subprocess does; without that, a
+child that exits at once is never seen) and a libev child watcher.
+
+Limits: while gevent's SIGCHLD handler is installed in the process (anything
+that uses gevent.subprocess installs it), libev reaps every child, and an exit
+status may be taken before this class sees it; ``wait()`` then raises
+ChildProcessError. greencmd itself never installs it.
 """
 
 from __future__ import annotations
@@ -31,8 +42,11 @@ from subprocess import DEVNULL, PIPE, STDOUT, TimeoutExpired
 import gevent
 from gevent.event import AsyncResult
 from gevent.fileobject import FileObjectPosix
+from gevent.socket import wait_read
 
 __all__ = ["Popen", "PIPE", "STDOUT", "DEVNULL", "TimeoutExpired"]
+
+HAVE_PIDFD = hasattr(os, "pidfd_open")
 
 
 class Popen(subprocess.Popen):
@@ -43,9 +57,11 @@ class Popen(subprocess.Popen):
     """
 
     def __init__(self, args: list[str], *, stdout=None, **kwargs) -> None:
-        loop = gevent.get_hub().loop
-        loop.install_sigchld()  # before the fork: the exit of a quick child must be seen
-        self._exited = AsyncResult()
+        self._pidfd: int | None = None
+        self._exited: AsyncResult | None = None
+        if not HAVE_PIDFD:
+            # Before the fork: the exit of a child that ends at once must be seen.
+            gevent.get_hub().loop.install_sigchld()
         read_end = None
         if stdout == PIPE:
             read_end, stdout = os.pipe()
@@ -58,23 +74,46 @@ class Popen(subprocess.Popen):
         finally:
             if read_end is not None:
                 os.close(stdout)  # the child has its own copy of the write end
-        self._watcher = loop.child(self.pid, False)
-        self._watcher.start(self._on_exit)
+        if HAVE_PIDFD:
+            self._pidfd = os.pidfd_open(self.pid)
+        else:
+            self._watch_with_sigchld()
         if read_end is not None:
             self.stdout = FileObjectPosix(read_end, "rb", bufsize=0)
 
-    def _on_exit(self) -> None:
-        self._watcher.stop()
-        self.returncode = os.waitstatus_to_exitcode(self._watcher.rstatus)
-        self._exited.set(self.returncode)
-
     def wait(self, timeout: float | None = None) -> int:
         """Wait (this greenlet only) for the exit; raises TimeoutExpired after ``timeout``."""
+        if self.returncode is not None:
+            return self.returncode
         try:
-            return self._exited.get(timeout=timeout)
-        except gevent.Timeout:
+            if self._exited is not None:
+                return self._exited.get(timeout=timeout)
+            wait_read(self._pidfd, timeout)
+        except (TimeoutError, gevent.Timeout):
             raise TimeoutExpired(self.args, timeout) from None
+        self._reap(0)
+        return self.returncode
 
     def _internal_poll(self, *args: object, **kwargs: object) -> int | None:
-        # The stdlib would call waitpid() itself: the watcher reaps instead.
+        # poll(), send_signal() and __del__ come here: never a waitpid that blocks.
+        if self.returncode is None and self._pidfd is not None:
+            self._reap(os.WNOHANG)
         return self.returncode
+
+    def _reap(self, options: int) -> None:
+        pid, status = os.waitpid(self.pid, options)
+        if pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _watch_with_sigchld(self) -> None:
+        self._exited = AsyncResult()
+        watcher = gevent.get_hub().loop.child(self.pid, False)
+
+        def on_exit() -> None:
+            watcher.stop()
+            self.returncode = os.waitstatus_to_exitcode(watcher.rstatus)
+            self._exited.set(self.returncode)
+
+        watcher.start(on_exit)

@@ -16,11 +16,19 @@ from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
+from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from . import protocol
 from .commands import Runtime
-from .config import BACKLOG, LINGER_SECONDS, ServerConfig, describe_lastlog_source, format_address
+from .config import (
+    BACKLOG,
+    LINGER_SECONDS,
+    REFUSING,
+    ServerConfig,
+    describe_lastlog_source,
+    format_address,
+)
 from .connection import IdleTimeout, linger, nothing_pending
 from .errors import cannot_listen
 from .logs import (
@@ -41,15 +49,17 @@ __all__ = ["CommandServer", "run", "start_log_flushing"]
 class CommandServer(StreamServer):
     """Accepts connections and runs a :class:`Session` for each, up to max clients.
 
-    gevent's ``Pool`` would queue the extra clients unanswered, so the limit is
-    our own count of open sessions, and the refused get a reply at once.
+    The limit is our own count of open sessions, so the client over it gets its
+    refusal at once. gevent's ``Pool`` bounds the greenlets (sessions plus
+    refusals in progress): when it is full, StreamServer stops accepting.
     """
 
     def __init__(self, config: ServerConfig, listener: socket.socket | None = None) -> None:
+        pool = Pool(config.max_clients + REFUSING)
         if listener is None:
-            super().__init__((config.host, config.port), backlog=BACKLOG)
+            super().__init__((config.host, config.port), backlog=BACKLOG, spawn=pool)
         else:  # a socket already listening (--workers): gevent takes no backlog then
-            super().__init__(listener)
+            super().__init__(listener, spawn=pool)
         self.config = config
         self.runtime = Runtime.from_config(config)
         self.sessions: set[Session] = set()

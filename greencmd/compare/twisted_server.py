@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 from twisted.internet import defer, error, reactor, threads
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -26,6 +27,7 @@ from ..config import (
     LINGER_BYTES,
     LINGER_SECONDS,
     RECV_SIZE,
+    REFUSING,
     ServerConfig,
     choose_lastlog_source,
     describe_lastlog_source,
@@ -130,6 +132,7 @@ class CmdSession(LineReceiver):
 
     def connectionMade(self) -> None:
         """Refuse past max clients; otherwise start the idle clock."""
+        self.factory.connection_opened()
         log_connection(self.host)
         if self.factory.is_full():
             self.transport.write(protocol.TOO_MANY)
@@ -141,6 +144,7 @@ class CmdSession(LineReceiver):
     def connectionLost(self, reason) -> None:
         """Abandon a command in flight and log why the session ended."""
         self.factory.sessions.discard(self)
+        self.factory.connection_closed()
         self.stop_idle_clock()
         self.paused = True
         if self.running is not None:
@@ -289,10 +293,17 @@ class CmdSession(LineReceiver):
         return jobs.lastlog_timed_out(source, timeout)
 
     def comhash(self, arg: bytes) -> bytes | defer.Deferred:
-        """``comhash PATH``: deferToThread, then a callback and an errback."""
+        """``comhash PATH``: deferToThread, then a callback and an errback.
+
+        deferToThread's Deferred cannot stop its thread; cancelling the one
+        returned here (client gone, shutdown) tells the thread to stop.
+        """
         if not arg:
             return protocol.NO_PATH
-        d = threads.deferToThread(jobs.hash_file, arg, self.config.hash_root)
+        abandoned = threading.Event()
+        d = defer.Deferred(lambda _: abandoned.set())
+        threads.deferToThread(jobs.hash_file, arg, self.config.hash_root,
+                              abandoned).chainDeferred(d)
         d.addCallbacks(self.hash_done, self.hash_failed)
         return d
 
@@ -300,9 +311,10 @@ class CmdSession(LineReceiver):
         """Callback: hash_file already made the reply (errors included)."""
         return reply
 
-    def hash_failed(self, failure) -> bytes:
-        """Errback: the thread itself failed; say so in one line."""
-        failure.trap(Exception)
+    def hash_failed(self, failure):
+        """Errback: the thread itself failed; say so in one line. A cancel passes on."""
+        if failure.check(defer.CancelledError):
+            return failure
         return protocol.error(failure.getErrorMessage())
 
     # -- the idle clock -----------------------------------------------------------
@@ -350,6 +362,7 @@ class CmdFactory(ServerFactory):
         self.config = config
         self.lastlog_source, self.lastlog_tried = choose_lastlog_source(config)
         self.sessions: set[CmdSession] = set()
+        self.connections = 0  # sessions and refusals not yet closed
         self.accepted = 0
         self.closing = False
         self.port = None
@@ -359,6 +372,18 @@ class CmdFactory(ServerFactory):
         """Number every accepted connection, refused ones included."""
         number, self.accepted = self.accepted, self.accepted + 1
         return CmdSession(self, number, addr.host)
+
+    def connection_opened(self) -> None:
+        """Count a connection; stop accepting while sessions and refusals fill the bound."""
+        self.connections += 1
+        if self.connections >= self.config.max_clients + REFUSING and not self.closing:
+            self.port.stopReading()
+
+    def connection_closed(self) -> None:
+        """A connection ended: accept again if the bound had stopped it."""
+        self.connections -= 1
+        if self.connections == self.config.max_clients + REFUSING - 1 and not self.closing:
+            self.port.startReading()
 
     def is_full(self) -> bool:
         """True once ``max_clients`` sessions are open (the N-th is accepted)."""

@@ -1,0 +1,135 @@
+"""Faults: reset storms, fresh servers, abandoned work, and shutdown's promise."""
+
+import signal
+import socket
+import struct
+import threading
+import time
+
+from conftest import (
+    BIG,
+    HELP,
+    SAMPLE_LINES,
+    hash_line,
+    lastlog_of,
+    read_all,
+    read_until,
+    wait_until,
+)
+
+BYE = b"Server shutting down, bye!\n"
+#: Sparse, so it costs no disk; hashing it takes far longer than any wait below.
+HUGE = 64 * BIG
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a crashed or killed client does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def sparse_file(path, size: int):
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def test_first_lastlog_of_a_fresh_server_always_answers(start_server):
+    # tail of a small file exits at once; the server must still see it exit, even
+    # before anything else has run (10 of 60 fresh servers hung here once).
+    servers = [start_server("--command-timeout", "10") for _ in range(20)]
+    for server in servers:
+        assert server.talk(b"lastlog 3\n", timeout=15) == lastlog_of(SAMPLE_LINES[-3:])
+
+
+def test_a_well_behaved_client_keeps_its_replies_during_a_reset_storm(start_server):
+    server = start_server("--max-clients", "1000", "--quiet")
+
+    def storm() -> None:
+        # Connect, ask, reset at once: 300 times per thread, as fast as it goes.
+        for _ in range(300):
+            try:
+                sock = server.connect()
+            except OSError:
+                continue
+            try:
+                sock.sendall(b"lastlog 1000\n")
+            except OSError:
+                pass
+            reset(sock)
+
+    storms = [threading.Thread(target=storm) for _ in range(4)]
+    for thread in storms:
+        thread.start()
+    rounds = 0
+    while any(thread.is_alive() for thread in storms) or rounds < 3:
+        assert server.talk(b"lastlog 5\nhelp\n", timeout=60) == \
+            lastlog_of(SAMPLE_LINES[-5:]) + HELP
+        rounds += 1
+    for thread in storms:
+        thread.join()
+    assert server.count_log("Reason: Connection was reset by peer.") > 100
+
+
+def test_a_reset_stops_the_hash_its_client_was_waiting_for(start_server, tmp_path):
+    # One hashing thread: the small hash can only run once the huge one stopped.
+    server = start_server("--hash-threads", "1")
+    huge = sparse_file(tmp_path / "huge.img", HUGE)
+    (tmp_path / "small").write_bytes(b"small")
+    sock = server.connect()
+    sock.sendall(b"comhash %s\n" % bytes(huge))
+    server.wait_for_log(lambda line: "comhash" in line)
+    time.sleep(0.3)  # the thread is hashing now
+    reset(sock)
+    server.wait_for_log(lambda line: "Reason: Connection was reset by peer." in line)
+    started = time.monotonic()
+    reply = server.talk(b"comhash %s\n" % bytes(tmp_path / "small"), timeout=60)
+    assert reply == hash_line(b"small")
+    # Hashing all of the huge file takes far longer (over half a minute here).
+    assert time.monotonic() - started < 10
+
+
+def test_shutdown_keeps_its_grace_with_a_hash_in_flight(start_server, tmp_path):
+    server = start_server("--grace", "1")
+    huge = sparse_file(tmp_path / "huge.img", HUGE)
+    with server.connect(timeout=30) as sock:
+        sock.sendall(b"comhash %s\n" % bytes(huge))
+        server.wait_for_log(lambda line: "comhash" in line)
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        # The abandoned hash gets no reply, not even an empty error line.
+        assert read_all(sock) == BYE
+        bye_after = time.monotonic() - signalled
+    assert server.proc.wait(30) == 0
+    exited_after = time.monotonic() - signalled
+    assert 0.9 <= bye_after < 3
+    assert exited_after < bye_after + 2.5  # "within about a second" of the grace
+
+
+def test_a_client_that_resets_while_its_command_waits_is_forgotten(start_server, tmp_path):
+    # gevent: a watcher greenlet sees the reset; the twin: connectionLost.
+    server = start_server("--hash-threads", "1", "--max-clients", "1")
+    huge = sparse_file(tmp_path / "huge.img", HUGE)
+    sock = server.connect()
+    sock.sendall(b"comhash %s\n" % bytes(huge))
+    server.wait_for_log(lambda line: "comhash" in line)
+    reset(sock)
+    # Its slot is free at once: the one allowed session can be opened again.
+    server.wait_for_log(lambda line: "Reason: Connection was reset by peer." in line)
+    with server.connect() as again:
+        again.sendall(b"help\n")
+        assert read_until(again, b"\n") == HELP
+
+
+def test_idle_sessions_time_out_while_others_stay_busy(start_server):
+    server = start_server("--idle-timeout", "1")
+    idle = [server.connect() for _ in range(5)]
+    with server.connect() as busy:
+        for _ in range(8):  # about 1.6 s of requests: longer than the idle timeout
+            busy.sendall(b"help\n")
+            assert read_until(busy, b"\n") == HELP
+            time.sleep(0.2)
+        for sock in idle:
+            assert read_all(sock) == b"Idle timeout, bye!\n"
+            sock.close()
+    wait_until(lambda: server.count_log("Reason: Idle timeout.") == 5, 10, "5 idle timeouts")
