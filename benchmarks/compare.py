@@ -34,6 +34,7 @@ SCENARIOS = {
     "unknown-logging": ("unknown", [], ["-c", "50"], True),
     "pipeline": ("pipeline", ["--quiet"], ["--lines", "10000"], True),
     "churn": ("churn", ["--quiet"], ["-c", "50"], True),
+    "churn-logging": ("churn", [], ["-c", "50"], True),
     "lastlog": ("lastlog", ["--quiet"], ["-c", "10"], True),
     "comhash": ("comhash", ["--quiet"], ["-c", "4", "--size-mib", "64"], False),
     "idle": ("idle", ["--quiet"], ["-c", "50", "--idle", "5000"], True),
@@ -164,8 +165,8 @@ def main() -> None:
 def report(names: list[str], results: dict, reps: int) -> None:
     """Print medians and per-repetition ratios as a Markdown table."""
     print("| scenario | unit | gevent (median) | Twisted (median) | gevent/Twisted per rep "
-          "| server µs/op gevent / Twisted | errors |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| server µs/op gevent / Twisted | p99 ms gevent / Twisted | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
         runs = results[name]
         unit = "KiB RSS/session" if name == "idle" else runs["gevent"][0]["unit"]
@@ -174,17 +175,18 @@ def report(names: list[str], results: dict, reps: int) -> None:
                   for g, t in zip(runs["gevent"], runs["twisted"], strict=True)]
         cost = {e: statistics.median(r["server_us_per_op"] or 0 for r in runs[e])
                 for e in ENGINES}
+        p99 = {e: statistics.median(r["p99_ms"] or 0 for r in runs[e]) for e in ENGINES}
         errors = sum(r["errors"] for e in ENGINES for r in runs[e])
-        print("| %s | %s | %.1f | %.1f | %s | %.1f / %.1f | %d |" % (
+        print("| %s | %s | %.1f | %.1f | %s | %.1f / %.1f | %.1f / %.1f | %d |" % (
             name, unit, medians["gevent"], medians["twisted"], ", ".join(ratios),
-            cost["gevent"], cost["twisted"], errors))
+            cost["gevent"], cost["twisted"], p99["gevent"], p99["twisted"], errors))
         if name == "comhash":
             for e in ENGINES:
-                print("|  | comhash %s vs hashlib single thread | %s |  |  |  |  |"
+                print("|  | comhash %s vs hashlib single thread | %s |  |  |  |  |  |"
                       % (e, [r["extra"]["vs_hashlib"] for r in runs[e]]))
         if name == "idle":
             for e in ENGINES:
-                print("|  | unknown beside 5,000 idle, %s (replies/s) | %s |  |  |  |  |"
+                print("|  | unknown beside 5,000 idle, %s (replies/s) | %s |  |  |  |  |  |"
                       % (e, [round(r["rate"]) for r in runs[e]]))
 
 

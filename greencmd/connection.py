@@ -129,14 +129,15 @@ class Connection:
         except OSError as exc:
             raise ClientGone() from exc
 
-    def hang_up(self, goodbye: bytes | None, clean: bool = False) -> None:
+    def hang_up(self, goodbye: bytes | None) -> None:
         """Send what is owed and ``goodbye``, and let the client go; never raises.
 
-        ``goodbye`` None: the client is gone; send nothing. ``clean`` (the client
-        is done and nothing went wrong): if it sent nothing more, the close can
-        come at once; otherwise linger, so that the replies survive (:func:`linger`).
-        The socket itself is closed by StreamServer when the session returns.
+        ``goodbye`` None: the client is gone; send nothing. b"": a clean end (exit
+        or EOF); if the client sent nothing more, the close can come at once.
+        Otherwise, or after a last line, linger so the replies survive
+        (:func:`linger`). StreamServer closes the socket when the handler returns.
         """
+        self.idle_since = None  # no longer waiting for a request: not the reaper's
         if goodbye is None:
             return
         if goodbye:
@@ -146,7 +147,7 @@ class Connection:
             self.flush()
         except ClientGone:
             return
-        if not (clean and nothing_unread(self.sock)):
+        if goodbye or not nothing_unread(self.sock):
             linger(self.sock)
 
 

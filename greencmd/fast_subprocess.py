@@ -74,10 +74,18 @@ class Popen(subprocess.Popen):
         finally:
             if read_end is not None:
                 os.close(stdout)  # the child has its own copy of the write end
-        if HAVE_PIDFD:
-            self._pidfd = os.pidfd_open(self.pid)
-        else:
-            self._watch_with_sigchld()
+        try:
+            if HAVE_PIDFD:
+                self._pidfd = os.pidfd_open(self.pid)
+            else:
+                self._watch_with_sigchld()
+        except OSError:  # out of descriptors: the child must not be left behind
+            self.kill()
+            os.waitpid(self.pid, 0)  # returns at once: SIGKILL cannot be ignored
+            self.returncode = -9
+            if read_end is not None:
+                os.close(read_end)
+            raise
         if read_end is not None:
             self.stdout = FileObjectPosix(read_end, "rb", bufsize=0)
 

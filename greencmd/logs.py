@@ -19,7 +19,7 @@ from .protocol import printable
 
 __all__ = ["LOGGER_NAME", "TwistedFormatter", "ReopenableFileHandler", "default_log_file",
            "setup_logging", "log", "reopen_log_files", "session_system", "log_connection",
-           "log_lost", "log_request", "install_flush_timer", "flush_logs"]
+           "log_lost", "log_request", "install_flush_timer", "flush_logs", "RateLimitedLog"]
 
 LOGGER_NAME = "greencmd"
 LIFECYCLE = "-"
@@ -226,6 +226,21 @@ def log(message: str, system: str = LIFECYCLE) -> None:
                 record = _logger.makeRecord(LOGGER_NAME, logging.INFO, "", 0, message, None,
                                             None, extra={"system": system})
             handler.handle(record)
+
+
+class RateLimitedLog:
+    """Logs a recurring complaint at most once per ``interval`` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.last = -interval
+
+    def say(self, message: str, system: str = LIFECYCLE) -> None:
+        """Log ``message``, unless a line went out less than ``interval`` seconds ago."""
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            log(message, system)
 
 
 def session_system(number: int, host: str) -> str:

@@ -8,6 +8,7 @@ log reopening on SIGHUP, and the log itself.
 
 from __future__ import annotations
 
+import errno
 import gc
 import signal
 import socket
@@ -30,9 +31,10 @@ from .config import (
     format_address,
 )
 from .connection import IdleTimeout, linger, nothing_pending
-from .errors import cannot_listen
+from .errors import cannot_listen, describe_os_error
 from .logs import (
     REFUSED,
+    RateLimitedLog,
     flush_logs,
     install_flush_timer,
     log,
@@ -44,6 +46,12 @@ from .logs import (
 from .session import Session, ShuttingDown
 
 __all__ = ["CommandServer", "run", "start_log_flushing"]
+
+
+#: accept() errors that mean "out of descriptors or memory for now", not a bug.
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: How long accepting pauses after such an error.
+EXHAUSTED_PAUSE = 0.1
 
 
 class CommandServer(StreamServer):
@@ -66,12 +74,34 @@ class CommandServer(StreamServer):
         self.accepted = 0
         self.closing = Event()
         self._reaper: gevent.Greenlet | None = None
+        self._exhausted = RateLimitedLog(1.0)
 
     def start(self) -> None:
         """Listen, and start the idle reaper when there is an idle timeout."""
         super().start()
         if self.config.idle_timeout:
             self._reaper = gevent.spawn(self._reap_idle_sessions)
+
+    def do_read(self):
+        """Accept a connection; when descriptors run out, say so and pause accepting.
+
+        gevent would print a traceback for each failed accept. Open sessions go
+        on meanwhile, and accepting resumes by itself.
+        """
+        try:
+            return super().do_read()
+        except OSError as exc:
+            if exc.errno not in OUT_OF_DESCRIPTORS:
+                raise
+            self._exhausted.say("Cannot accept connections: %s; open sessions go on"
+                                % describe_os_error(exc))
+        self.stop_accepting()
+        gevent.spawn_later(EXHAUSTED_PAUSE, self._resume_accepting)
+        return None
+
+    def _resume_accepting(self) -> None:
+        if not self.closing.is_set():
+            self.start_accepting()
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
         """Serve one connection in this greenlet, from accept to close (or refuse it)."""
@@ -84,9 +114,10 @@ class CommandServer(StreamServer):
         session = Session(sock, host, number, self.config, self.runtime, self.closing)
         self.sessions.add(session)
         try:
-            session.run()
+            goodbye = session.run()
         finally:
-            self.sessions.discard(session)
+            self.sessions.discard(session)  # a session saying goodbye holds no slot
+        session.conn.hang_up(goodbye)
 
     def _reap_idle_sessions(self) -> None:
         """End sessions that have waited longer than ``--idle-timeout`` for a line.
@@ -102,8 +133,9 @@ class CommandServer(StreamServer):
             now = time.monotonic()
             for session in list(self.sessions):
                 since = session.conn.idle_since
-                if since is not None and now - since >= idle \
-                        and nothing_pending(session.conn.sock):
+                if since is None or now - since < idle:
+                    continue
+                if nothing_pending(session.conn.sock):
                     session.greenlet.kill(IdleTimeout, block=False)
 
     def shutdown(self, grace: float) -> None:
@@ -123,9 +155,10 @@ class CommandServer(StreamServer):
             if session.waiting:
                 session.greenlet.kill(ShuttingDown, block=False)
         gevent.joinall(self._greenlets(), timeout=grace)
-        gevent.killall(self._greenlets(), ShuttingDown, timeout=LINGER_SECONDS + 1)
-        # Whatever still hangs (a client that reads nothing) is cut off.
-        gevent.killall(self._greenlets(), timeout=1)
+        gevent.killall(self._greenlets(), ShuttingDown, timeout=1)
+        # Sessions say bye and linger; refusals linger too. Then the rest is cut off.
+        self.pool.join(timeout=LINGER_SECONDS + 1)
+        self.pool.kill(timeout=1)
         self.runtime.pool.kill()
 
     def _greenlets(self) -> list[gevent.Greenlet]:

@@ -2,7 +2,8 @@
 
 Read a line, run the command, write the reply: :meth:`Session.serve` is that
 loop, in that order. Every way a session can end is an exception caught in
-:meth:`Session.run`, which logs why and closes the connection.
+:meth:`Session.run`, which logs why and says what to tell the client on the way
+out; the server then frees the session's slot and hangs up.
 
 The session does not know the server. It is given the settings, the commands'
 runtime and the server's ``closing`` event; the server, which knows its
@@ -43,36 +44,32 @@ class ShuttingDown(GreenletExit):
 class Session:
     """One client connection, from accept to close."""
 
-    __slots__ = ("conn", "host", "number", "config", "runtime", "closing", "greenlet")
+    __slots__ = ("conn", "host", "system", "config", "runtime", "closing", "greenlet")
 
     def __init__(self, sock: socket.socket, host: str, number: int, config: ServerConfig,
                  runtime: Runtime, closing: Event) -> None:
         self.conn = Connection(sock, config.max_line, config.idle_timeout)
         self.host = host
-        self.number = number
+        self.system = session_system(number, host)
         self.config = config
         self.runtime = runtime
         self.closing = closing
         self.greenlet = gevent.getcurrent()
 
     @property
-    def system(self) -> str:
-        """Who speaks in the log: ``CmdSession,N,HOST`` (made when needed, not kept)."""
-        return session_system(self.number, self.host)
-
-    @property
     def waiting(self) -> bool:
         """True while it waits for the client's next request (no command in flight)."""
         return self.conn.idle_since is not None
 
-    def run(self) -> None:
-        """Serve the client until it is done, then log why and hang up.
+    def run(self) -> bytes | None:
+        """Serve the client until it is done and log why; return the goodbye.
 
-        Nothing the client does makes it raise.
+        The goodbye is what :meth:`Connection.hang_up` sends on the way out:
+        b"" after a clean end, a last line ("Line too long.", a bye), or None
+        when the client is gone. Nothing the client does makes it raise.
         """
-        goodbye: bytes | None = b""  # None: the client is gone, there is no one to tell
         try:
-            reason = self.serve()
+            reason, goodbye = self.serve(), b""
         except LineTooLong:
             reason, goodbye = TOO_LONG, protocol.LINE_TOO_LONG
         except IdleTimeout:
@@ -82,7 +79,7 @@ class Session:
         except ClientGone as gone:
             reason, goodbye = gone.reason, None
         log_lost(reason, self.system)
-        self.conn.hang_up(goodbye, clean=reason == CLEAN)
+        return goodbye
 
     def serve(self) -> str:
         """Answer request after request; the log's reason once the client is done."""

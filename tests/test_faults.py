@@ -3,6 +3,7 @@
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -133,3 +134,47 @@ def test_idle_sessions_time_out_while_others_stay_busy(start_server):
             assert read_all(sock) == b"Idle timeout, bye!\n"
             sock.close()
     wait_until(lambda: server.count_log("Reason: Idle timeout.") == 5, 10, "5 idle timeouts")
+
+
+def test_out_of_descriptors_open_sessions_go_on_and_accepting_resumes(start_server):
+    server = start_server("--max-clients", "200")
+    base = server.fd_count()
+    limit = base + 12
+    subprocess.run(["prlimit", "--pid", str(server.proc.pid), "--nofile=%d:%d" % (limit, limit)],
+                   check=True)
+    held = [server.connect() for _ in range(20)]  # more than the server can take
+    time.sleep(1.5)
+    # The sessions it could open still work, and a lastlog says what ran out.
+    first = held[0]
+    first.sendall(b"help\n")
+    assert read_until(first, b"\n") == HELP
+    first.sendall(b"lastlog 1\n")
+    assert read_until(first, b"\n") == b"An error occured: cannot run tail: too many open files\n"
+    for sock in held:
+        sock.close()
+
+    def answers() -> bool:
+        try:
+            return server.talk(b"help\n", timeout=10) == HELP
+        except OSError:  # closed at once while still out of descriptors: allowed
+            return False
+
+    # Once descriptors are free again, the server accepts and answers.
+    wait_until(answers, 10, "the server answering again")
+    complaints = server.count_log("Cannot accept connections: too many open files")
+    assert 1 <= complaints <= 3  # at most one a second
+    assert server.stop() == 0
+    assert b"Traceback" not in server.proc.stderr.read()
+
+
+def test_a_session_that_said_bye_no_longer_holds_its_slot(start_server):
+    server = start_server("--max-clients", "1", "--idle-timeout", "1")
+    with server.connect() as first:
+        first.sendall(b"help\n")
+        assert read_until(first, b"\n") == HELP
+        assert read_until(first, b"\n") == b"Idle timeout, bye!\n"
+        # The first client has not closed: the server lingers for its FIN, and yet
+        # the one slot is free again.
+        with server.connect() as second:
+            second.sendall(b"help\n")
+            assert read_until(second, b"\n") == HELP

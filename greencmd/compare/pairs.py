@@ -55,7 +55,7 @@ PAIRS = [
          Side(_TWIN, ("CmdSession.comhash", "CmdSession.hash_done",
                       "CmdSession.hash_failed"))),
     Pair("timeout", "The idle timeout. Close a session that sends no complete line.",
-         Side(_CONNECTION, ("Connection.read_line", "Connection._receive")),
+         Side(_SERVER, ("CommandServer._reap_idle_sessions",)),
          Side(_TWIN, ("CmdSession.restart_idle_clock", "CmdSession.stop_idle_clock",
                       "CmdSession.idle_check"))),
     Pair("errors", "Error paths. A client that resets mid-command, a command that fails.",

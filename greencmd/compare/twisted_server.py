@@ -10,6 +10,7 @@ path split between a callback and an errback.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -18,6 +19,7 @@ from twisted.internet import defer, error, reactor, threads
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ProcessProtocol, ServerFactory
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
@@ -33,7 +35,7 @@ from ..config import (
     describe_lastlog_source,
     format_address,
 )
-from ..errors import cannot_listen
+from ..errors import cannot_listen, describe_os_error
 from ..logs import (
     CLEAN,
     IDLE,
@@ -41,6 +43,7 @@ from ..logs import (
     RESET,
     SHUTDOWN,
     TOO_LONG,
+    RateLimitedLog,
     flush_logs,
     install_flush_timer,
     log,
@@ -132,7 +135,7 @@ class CmdSession(LineReceiver):
 
     def connectionMade(self) -> None:
         """Refuse past max clients; otherwise start the idle clock."""
-        self.factory.connection_opened()
+        self.factory.connection_opened(self)
         log_connection(self.host)
         if self.factory.is_full():
             self.transport.write(protocol.TOO_MANY)
@@ -144,7 +147,7 @@ class CmdSession(LineReceiver):
     def connectionLost(self, reason) -> None:
         """Abandon a command in flight and log why the session ended."""
         self.factory.sessions.discard(self)
-        self.factory.connection_closed()
+        self.factory.connection_closed(self)
         self.stop_idle_clock()
         self.paused = True
         if self.running is not None:
@@ -178,6 +181,7 @@ class CmdSession(LineReceiver):
         if self.hanging_up:
             return
         self.reason, self.hanging_up, self.paused = reason, True, True
+        self.factory.sessions.discard(self)  # a session saying goodbye holds no slot
         self.stop_idle_clock()
         self.transport.loseWriteConnection()
         # A clean end with nothing unread closes at once (as the gevent engine does):
@@ -279,8 +283,11 @@ class CmdSession(LineReceiver):
             return refused.reply
         source, timeout = factory.lastlog_source, self.config.command_timeout
         tail = TailProtocol(source)
-        reactor.spawnProcess(tail, argv[0], argv, env=os.environ,
-                             childFDs={0: "w", 1: "r", 2: "r"})
+        try:
+            reactor.spawnProcess(tail, argv[0], argv, env=os.environ,
+                                 childFDs={0: "w", 1: "r", 2: "r"})
+        except OSError as exc:  # out of descriptors, or no tail
+            return protocol.error("cannot run tail: %s" % describe_os_error(exc))
         d = tail.done
         d.addTimeout(timeout, reactor)
         d.addErrback(self.lastlog_timed_out, source, timeout)
@@ -362,7 +369,7 @@ class CmdFactory(ServerFactory):
         self.config = config
         self.lastlog_source, self.lastlog_tried = choose_lastlog_source(config)
         self.sessions: set[CmdSession] = set()
-        self.connections = 0  # sessions and refusals not yet closed
+        self.connected: set[CmdSession] = set()  # sessions, refusals, lingering hang-ups
         self.accepted = 0
         self.closing = False
         self.port = None
@@ -373,16 +380,16 @@ class CmdFactory(ServerFactory):
         number, self.accepted = self.accepted, self.accepted + 1
         return CmdSession(self, number, addr.host)
 
-    def connection_opened(self) -> None:
-        """Count a connection; stop accepting while sessions and refusals fill the bound."""
-        self.connections += 1
-        if self.connections >= self.config.max_clients + REFUSING and not self.closing:
+    def connection_opened(self, session: CmdSession) -> None:
+        """Track a connection; stop accepting while sessions and refusals fill the bound."""
+        self.connected.add(session)
+        if len(self.connected) >= self.config.max_clients + REFUSING and not self.closing:
             self.port.stopReading()
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, session: CmdSession) -> None:
         """A connection ended: accept again if the bound had stopped it."""
-        self.connections -= 1
-        if self.connections == self.config.max_clients + REFUSING - 1 and not self.closing:
+        self.connected.discard(session)
+        if len(self.connected) == self.config.max_clients + REFUSING - 1 and not self.closing:
             self.port.startReading()
 
     def is_full(self) -> bool:
@@ -414,10 +421,35 @@ class CmdFactory(ServerFactory):
         for session in list(self.sessions):
             session.say_goodbye()
         deadline = reactor.seconds() + LINGER_SECONDS + 1
-        while self.sessions and reactor.seconds() < deadline:
+        while self.connected and reactor.seconds() < deadline:
             yield deferLater(reactor, 0.05, lambda: None)
-        for session in list(self.sessions):
+        for session in list(self.connected):
             session.transport.abortConnection()
+
+
+class AcceptFailures:
+    """Turns Twisted's log of failed accepts into greencmd's log line.
+
+    Twisted already copes with running out of descriptors (it accepts with a
+    reserved one and closes at once: "EMFILE recovery"); this only says so, at
+    most once a second.
+    """
+
+    def __init__(self) -> None:
+        self.log = RateLimitedLog(1.0)
+
+    def __call__(self, event: dict) -> None:
+        """A twisted.logger observer: pick out failed accepts."""
+        text = event.get("log_format") or ""
+        if text.startswith("EMFILE recovery: Closed"):
+            name = "EMFILE"
+        elif text.startswith("Could not accept"):
+            name = str(event.get("acceptError"))  # an errno name
+        else:
+            return
+        code = getattr(errno, name, None)
+        reason = describe_os_error(OSError(code, "")) if code else name
+        self.log.say("Cannot accept connections: %s; open sessions go on" % reason)
 
 
 def run(config: ServerConfig) -> None:
@@ -439,6 +471,7 @@ def run(config: ServerConfig) -> None:
                                                          factory.lastlog_tried))
     install_flush_timer(lambda delay, flush: reactor.callLater(delay, flush).cancel)
     reactor.addSystemEventTrigger("before", "shutdown", factory.shutdown)
+    globalLogPublisher.addObserver(AcceptFailures())
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reopen_log_files))
     reactor.run()
     log("Main loop terminated.")
