@@ -125,10 +125,8 @@ def parse_request(line: bytes) -> Request | None:
     parts = line.split(None, 1)
     if not parts:
         return None
-    # _make() is tuple.__new__, in C: a request costs no Python-level constructor.
-    if len(parts) == 1:
-        return Request._make((parts[0].lower(), b""))
-    return Request._make((parts[0].lower(), parts[1].strip()))
+    arg = parts[1].strip() if len(parts) > 1 else b""
+    return Request(parts[0].lower(), arg)
 
 
 def parse_lastlog_count(arg: bytes) -> int:

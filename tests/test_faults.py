@@ -178,3 +178,27 @@ def test_a_session_that_said_bye_no_longer_holds_its_slot(start_server):
         with server.connect() as second:
             second.sendall(b"help\n")
             assert read_until(second, b"\n") == HELP
+
+
+def rss_kib(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_client_that_pipelines_and_never_reads_costs_bounded_memory(start_server):
+    server = start_server("--quiet")
+    before = rss_kib(server.proc.pid)
+    chunk = b"help\n" * 13000  # 65 KB of requests, ten times as many bytes of replies
+    sent = 0
+    with server.connect() as greedy:
+        greedy.settimeout(2)
+        try:
+            while sent < 32 << 20:  # stops far earlier once the server stops reading
+                greedy.sendall(chunk)
+                sent += len(chunk)
+        except TimeoutError:
+            pass
+        # Others are served meanwhile, and the server holds little for the greedy one.
+        assert server.talk(b"help\n", timeout=10) == HELP
+        assert rss_kib(server.proc.pid) - before < 24 << 10
+    assert sent < 32 << 20

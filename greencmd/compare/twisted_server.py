@@ -125,6 +125,7 @@ class CmdSession(LineReceiver):
         self.eof = False
         self.hanging_up = False
         self.reading_paused = False
+        self.writes_blocked = False
         self.dropped = 0
         self.idle_since = 0.0
         self.idle_timer = None
@@ -142,6 +143,8 @@ class CmdSession(LineReceiver):
             self.hang_up(REFUSED)
             return
         self.factory.sessions.add(self)
+        # Twisted tells us (pauseProducing) when replies pile up unread.
+        self.transport.registerProducer(self, True)
         self.restart_idle_clock()
 
     def connectionLost(self, reason) -> None:
@@ -237,6 +240,24 @@ class CmdSession(LineReceiver):
         self.transport.write(protocol.LINE_TOO_LONG)
         self.hang_up(TOO_LONG)
 
+    # -- flow control, by hand ----------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full: take no more lines, read no more."""
+        self.writes_blocked = True
+        self.paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The client took its replies: go on with the lines, unless a command runs."""
+        self.writes_blocked = False
+        if self.running is None and not self.hanging_up and not self.factory.closing:
+            self.paused = self.reading_paused = False
+            self.transport.resumeProducing()
+            self.dataReceived(b"")
+            if self.eof and not self.paused:
+                self.finish_at_eof()
+
     # -- ordering, by hand ------------------------------------------------------
 
     def wait_for(self, reply: defer.Deferred) -> None:
@@ -261,8 +282,8 @@ class CmdSession(LineReceiver):
             return
         self.transport.write(reply)
         self.factory.session_idle()
-        if self.factory.closing:
-            return
+        if self.factory.closing or self.writes_blocked:
+            return  # resumeProducing goes on once the client reads
         self.paused = False
         self.restart_idle_clock()
         if self.reading_paused:
