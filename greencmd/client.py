@@ -1,8 +1,9 @@
 """The greencmd client: one request from the command line, or netcat-like from stdin.
 
 Plain blocking sockets and ``selectors``: a client has one connection, so it
-needs no event loop. Exit codes are cli.md's: 0 for a normal reply, 1 for an
-error reply, 3 when it cannot connect or a reply does not come in time.
+needs no event loop. Exit codes: 0 for normal replies, 1 when any reply is an
+error reply, 3 when it cannot connect, a reply does not come in time, or the
+server closes without replying to a request.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import threading
 from typing import BinaryIO
 
 from . import protocol
@@ -18,8 +20,6 @@ from .errors import describe_os_error
 __all__ = ["ClientError", "OK", "FAILED", "UNREACHABLE", "request", "interact"]
 
 OK, FAILED, UNREACHABLE = 0, 1, 3
-#: Replies that mean the request was not served, beside protocol.ERROR_REPLIES.
-NOT_SERVED = (protocol.SHUTTING_DOWN, protocol.IDLE_TIMEOUT)
 RECV_SIZE = 65536
 
 
@@ -43,47 +43,94 @@ def connect(host: str, port: int, timeout: float) -> socket.socket:
 
 def request(host: str, port: int, timeout: float, line: bytes, out: BinaryIO) -> int:
     """Send one request line, copy the whole reply to ``out``; return the exit code."""
+    where = "%s:%d" % (host, port)
     with connect(host, port, timeout) as sock:
         try:
             sock.sendall(line + b"\n")
             # "No more requests": the server answers, then closes.
             sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            raise ClientError("connection to %s:%d lost: %s"
-                              % (host, port, describe_os_error(exc))) from None
-        first = _copy_replies(sock, out, timeout, "%s:%d" % (host, port))
-    return FAILED if _failed(first) else OK
+            raise ClientError("connection to %s lost: %s" % (where, describe_os_error(exc))) \
+                from None
+        replies = _copy_replies(sock, out, timeout, where)
+    return _status(replies, expects_reply(line), where)
 
 
 def interact(host: str, port: int, timeout: float, stdin_fd: int, out: BinaryIO) -> int:
     """Netcat-like: send stdin as it comes, print replies as they come.
 
     Ends when the server closes; at EOF on stdin the sending side is closed and
-    the remaining replies are awaited, ``timeout`` seconds each.
+    the remaining replies are awaited, ``timeout`` seconds each. Any error reply
+    makes the exit status 1.
     """
     where = "%s:%d" % (host, port)
     with connect(host, port, timeout) as sock, selectors.DefaultSelector() as sel:
+        try:
+            sel.register(stdin_fd, selectors.EVENT_READ)
+        except PermissionError:  # a regular file or /dev/null: epoll cannot watch it
+            return _send_file(sock, stdin_fd, out, timeout, where)
         sock.settimeout(None)
         sel.register(sock, selectors.EVENT_READ)
-        sel.register(stdin_fd, selectors.EVENT_READ)
-        first = b""
+        replies, asked = protocol.ReplyScanner(), False
         while True:
             for key, _ in sel.select():
                 if key.fd == stdin_fd:
                     data = os.read(stdin_fd, RECV_SIZE)
+                    asked = asked or expects_reply(data)
                     _send_or_close(sock, data, where)
                     if not data:
                         sel.unregister(stdin_fd)
                         sock.settimeout(timeout)
-                        rest = _copy_replies(sock, out, timeout, where)
-                        return FAILED if _failed(first or rest) else OK
+                        _copy_replies(sock, out, timeout, where, replies)
+                        return _status(replies, asked, where)
                     continue
                 data = _recv(sock, timeout, where)
                 if not data:
-                    return FAILED if _failed(first) else OK
-                first = first or data
+                    return _status(replies, asked, where)
+                replies.feed(data)
                 out.write(data)
                 out.flush()
+
+
+def _send_file(sock: socket.socket, fd: int, out: BinaryIO, timeout: float,
+               where: str) -> int:
+    """Send a file's lines from a thread while this one prints the replies."""
+    asked, failure = [False], []
+
+    def pump() -> None:
+        try:
+            while data := os.read(fd, RECV_SIZE):
+                asked[0] = asked[0] or expects_reply(data)
+                sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            failure.append(exc)
+
+    sender = threading.Thread(target=pump, daemon=True)
+    sender.start()
+    replies = _copy_replies(sock, out, timeout, where)
+    sender.join()
+    if failure and isinstance(failure[0], TimeoutError):
+        raise ClientError("%s took no more requests for %g seconds" % (where, timeout))
+    if failure and not replies.received:
+        raise ClientError("connection to %s lost: %s" % (where, describe_os_error(failure[0])))
+    return _status(replies, asked[0], where)
+
+
+def expects_reply(data: bytes) -> bool:
+    """True when ``data`` holds a request that gets a reply (not blank, not exit/quit)."""
+    for line in data.split(b"\n"):
+        request = protocol.parse_request(line)
+        if request is not None and request.word not in protocol.EXIT_WORDS:
+            return True
+    return False
+
+
+def _status(replies: protocol.ReplyScanner, asked: bool, where: str) -> int:
+    """The exit status for what came back; no reply to a request is a failure (3)."""
+    if asked and not replies.received:
+        raise ClientError("%s closed the connection without a reply" % where)
+    return FAILED if replies.failed else OK
 
 
 def _send_or_close(sock: socket.socket, data: bytes, where: str) -> None:
@@ -97,15 +144,15 @@ def _send_or_close(sock: socket.socket, data: bytes, where: str) -> None:
             from None
 
 
-def _copy_replies(sock: socket.socket, out: BinaryIO, timeout: float, where: str) -> bytes:
-    """Copy everything until the server closes; return the reply's first bytes."""
-    first = b""
+def _copy_replies(sock: socket.socket, out: BinaryIO, timeout: float, where: str,
+                  replies: protocol.ReplyScanner | None = None) -> protocol.ReplyScanner:
+    """Copy everything until the server closes, scanning it for error replies."""
+    replies = replies or protocol.ReplyScanner()
     while True:
         data = _recv(sock, timeout, where)
         if not data:
-            return first
-        if len(first) < RECV_SIZE:
-            first += data
+            return replies
+        replies.feed(data)
         out.write(data)
         out.flush()
 
@@ -118,7 +165,3 @@ def _recv(sock: socket.socket, timeout: float, where: str) -> bytes:
     except OSError as exc:
         raise ClientError("connection to %s lost: %s" % (where, describe_os_error(exc))) \
             from None
-
-
-def _failed(reply: bytes) -> bool:
-    return protocol.is_error_reply(reply) or reply.startswith(NOT_SERVED)

@@ -17,7 +17,7 @@ __all__ = [
     "LASTLOG_MAX_LINES", "COMMAND_SYNTAX", "HELP", "COMMAND_NOT_FOUND", "NO_PATH",
     "LINE_TOO_LONG", "TOO_MANY", "IDLE_TIMEOUT", "SHUTTING_DOWN", "ERROR_PREFIX",
     "LineBuffer", "Request", "parse_request", "parse_lastlog_count", "error",
-    "hash_reply", "lastlog_reply", "is_error_reply", "printable",
+    "hash_reply", "lastlog_reply", "is_error_reply", "ReplyScanner", "NOT_SERVED", "printable",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -160,6 +160,40 @@ def lastlog_reply(output: bytes) -> bytes:
         lines.pop()
     body = b"".join(line + b"\n" for line in lines if not line.startswith(b"=="))
     return LASTLOG_BEGIN + body + LASTLOG_END
+
+
+class ReplyScanner:
+    """Reads a stream of replies and notes whether any of them was an error reply.
+
+    A framed reply (``Begin X`` ... ``End X``) is skipped whole, so a log line in
+    a ``lastlog`` body that happens to read like an error is not taken for one.
+    """
+
+    __slots__ = ("failed", "received", "_pending", "_block_end")
+
+    def __init__(self) -> None:
+        self.failed = False
+        self.received = False
+        self._pending = b""
+        self._block_end: bytes | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Scan more of the stream."""
+        self.received = self.received or bool(data)
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        for line in lines:
+            if self._block_end is not None:
+                if line == self._block_end:
+                    self._block_end = None
+            elif line.startswith(b"Begin "):
+                self._block_end = b"End " + line[len(b"Begin "):]
+            elif is_error_reply(line + b"\n") or (line + b"\n").startswith(NOT_SERVED):
+                self.failed = True
+
+
+#: Byes that mean a request was not served: the client counts them as errors.
+NOT_SERVED = (SHUTTING_DOWN, IDLE_TIMEOUT)
 
 
 def is_error_reply(first_line: bytes) -> bool:

@@ -2,8 +2,10 @@
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 from click.testing import CliRunner
@@ -121,8 +123,10 @@ def test_client_takes_host_and_port_from_the_environment(server):
 
 def test_client_interactive_from_a_pipe(server):
     result = client(server, stdin=b"help\nnope\n\nhelp\n")
+    # One error reply among them: exit 1, whatever came first.
     assert (result.returncode, result.stdout, result.stderr) == (
-        0, HELP + NOT_FOUND + HELP, b"")
+        1, HELP + NOT_FOUND + HELP, b"")
+    assert client(server, stdin=b"help\n\nhelp\n").returncode == 0
 
 
 def test_client_interactive_stops_when_the_server_closes(server):
@@ -153,3 +157,59 @@ def test_python_m_greencmd_and_console_script():
         pytest.skip("greencmd is not installed in this environment (run from a checkout)")
     result = subprocess.run([script, "--help"], capture_output=True, timeout=30)
     assert result.returncode == 0 and b"serve" in result.stdout and b"client" in result.stdout
+
+
+def test_client_reads_requests_from_a_regular_file(server, tmp_path):
+    requests = tmp_path / "requests.txt"
+    requests.write_bytes(b"help\nlastlog 2\n" * 200)
+    with open(requests, "rb") as stdin:
+        result = run_greencmd("client", "--port", str(server.port), stdin=stdin,
+                              env=greencmd_env())
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout == (HELP + lastlog_of(SAMPLE_LINES[-2:])) * 200
+
+
+def test_client_with_empty_stdin_sends_nothing_and_exits_0(server):
+    with open(os.devnull, "rb") as stdin:
+        result = run_greencmd("client", "--port", str(server.port), stdin=stdin,
+                              env=greencmd_env())
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+def test_client_from_stdin_exits_1_when_any_reply_is_an_error(server):
+    result = client(server, stdin=b"help\ndate\nhelp\n")
+    assert result.returncode == 1
+    assert result.stdout == HELP + b"Command not found.\n" + HELP
+
+
+def test_client_error_lookalikes_inside_a_lastlog_body_are_not_errors(start_server, tmp_path):
+    source = tmp_path / "odd.log"
+    source.write_bytes(b"Command not found.\nAn error occured: quoted in a log\n")
+    server = start_server("--lastlog-file", str(source))
+    result = client(server, "lastlog", "2")
+    assert result.returncode == 0
+    assert result.stdout == lastlog_of([b"Command not found.",
+                                        b"An error occured: quoted in a log"])
+
+
+def test_client_exit_3_when_the_server_closes_without_replying():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def close_at_once():
+            conn, _ = listener.accept()
+            conn.recv(100)
+            conn.close()
+
+        thread = threading.Thread(target=close_at_once)
+        thread.start()
+        result = run_greencmd("client", "--port", str(port), "help")
+        thread.join()
+    assert result.returncode == 3 and result.stdout == b""
+    assert result.stderr == b"greencmd: 127.0.0.1:%d closed the connection without a reply\n" \
+        % port
+
+
+def test_client_exit_gets_no_reply_and_exits_0(server):
+    result = client(server, "exit")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")

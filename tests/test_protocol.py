@@ -132,3 +132,27 @@ def test_error_replies_are_recognised():
         assert protocol.is_error_reply(reply)
     assert not protocol.is_error_reply(protocol.HELP)
     assert not protocol.is_error_reply(protocol.hash_reply("0" * 40))
+
+
+def scan(data: bytes, byte_at_a_time: bool = False) -> protocol.ReplyScanner:
+    scanner = protocol.ReplyScanner()
+    for piece in ([data[i:i + 1] for i in range(len(data))] if byte_at_a_time else [data]):
+        scanner.feed(piece)
+    return scanner
+
+
+@pytest.mark.parametrize("byte_at_a_time", [False, True])
+@pytest.mark.parametrize("stream, failed", [
+    (b"Commands: lastlog [N], comhash PATH, help, exit\n", False),
+    (b"Commands: x\nCommand not found.\n", True),
+    (b"File hash is : abc\nAn error occured: [Errno 2] nope\n", True),
+    (b"please provide a path.\nCommands: x\n", True),
+    (b"Server shutting down, bye!\n", True),
+    # A log line inside a lastlog body that reads like an error is not one.
+    (b"Begin lastlog\nAn error occured: quoted\nCommand not found.\nEnd lastlog\n", False),
+    (b"Begin lastlog\nx\nEnd lastlog\nLine too long.\n", True),
+    (b"", False),
+])
+def test_reply_scanner_finds_error_replies_anywhere_in_the_stream(stream, failed, byte_at_a_time):
+    scanner = scan(stream, byte_at_a_time)
+    assert (scanner.failed, scanner.received) == (failed, bool(stream))
