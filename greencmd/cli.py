@@ -64,8 +64,8 @@ def cli() -> None:
 @_option("--grace", default=10.0, type=click.FloatRange(0),
          help="Seconds in-flight commands get to finish at shutdown.")
 @_option("--log-file", default=None, show_default="$XDG_STATE_HOME/greencmd/server.log",
-         help="Also append the log to this file (directories are created); '' turns "
-              "it off. SIGHUP reopens it.")
+         help="Also append the log to this file (directories are created); '' (or "
+              "GREENCMD_LOG_FILE set empty) turns it off. SIGHUP reopens it.")
 @_option("--quiet", is_flag=True, default=False,
          help="Log only connections, errors and lifecycle, not every command.")
 @_option("--engine", type=click.Choice(["gevent", "twisted"]), default="gevent",
@@ -84,8 +84,13 @@ def serve(engine: str, workers: int, **options: object) -> None:
         from .workers import run_workers
 
         run = functools.partial(run_workers, count=workers)
+    # GREENCMD_LOG_FILE= means "no log file", as --log-file '' does, though click
+    # ignores an empty variable; so do the quotes copied from that option.
+    if options["log_file"] in ("''", '""'):
+        options["log_file"] = ""
     if options["log_file"] is None:
-        options["log_file"] = logs.default_log_file()
+        off = os.environ.get("GREENCMD_LOG_FILE") == ""
+        options["log_file"] = "" if off else logs.default_log_file()
     config = ServerConfig(**{k: v if v != "" else None for k, v in options.items()})
     try:
         logs.setup_logging(config.log_file)

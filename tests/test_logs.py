@@ -3,6 +3,7 @@
 import re
 import signal
 
+import pytest
 from conftest import HELP, Server, greencmd_env, wait_until
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] \S.*$")
@@ -53,6 +54,20 @@ def test_default_log_file_is_under_xdg_state_home(tmp_path):
                    "log file written")
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize("value", ["", "''", '""'])
+def test_empty_greencmd_log_file_turns_the_log_file_off(tmp_path, value):
+    state = tmp_path / "state"
+    server = Server(["--port", "0", "--lastlog-file", "x"], tmp_path,
+                    greencmd_env(XDG_STATE_HOME=str(state), GREENCMD_LOG_FILE=value))
+    try:
+        assert server.talk(b"help\n") == HELP
+    finally:
+        assert server.stop() == 0
+    # No default log file, and no file named after the quotes either.
+    assert not state.exists()
+    assert not any(p.name in ("''", '""') for p in tmp_path.iterdir())
 
 
 def test_sighup_reopens_the_log_file(start_server, tmp_path):

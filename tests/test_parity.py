@@ -54,6 +54,7 @@ def test_twisted_engine_without_twisted_says_how_to_install_it(tmp_path):
                           env=no_twisted_env(tmp_path))
     assert result.returncode == 2
     assert b"pip install 'greencmd[twisted]'" in result.stderr
+    assert b"from a source checkout: pip install '.[twisted]'" in result.stderr
     assert b"Traceback" not in result.stderr
 
 

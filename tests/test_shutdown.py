@@ -109,3 +109,17 @@ def test_bin_greencmd_runs_from_the_checkout(tmp_path):
     result = subprocess.run([sys.executable, script, "--version"], env=env, cwd=tmp_path,
                             capture_output=True, timeout=30)
     assert result.returncode == 0 and b"greencmd, version" in result.stdout
+
+
+def test_bin_greencmd_without_its_packages_says_how_to_install_them(tmp_path):
+    fake = tmp_path / "no-gevent" / "gevent"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'gevent'\", name='gevent')\n")
+    env = dict(greencmd_env(), PYTHONPATH=str(fake.parent))
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "bin", "greencmd")
+    result = subprocess.run([sys.executable, script, "serve"], env=env, cwd=tmp_path,
+                            capture_output=True, timeout=30)
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr == (b"greencmd needs the Python package 'gevent': pip install gevent "
+                             b"click (or, from this checkout, pip install .)\n")

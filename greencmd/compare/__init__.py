@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 __all__ = ["TWISTED_MISSING", "TwistedMissing", "load_twisted_server"]
 
-TWISTED_MISSING = "the Twisted engine needs Twisted: pip install 'greencmd[twisted]'"
+TWISTED_MISSING = ("the Twisted engine needs Twisted: pip install 'greencmd[twisted]' "
+                   "(from a source checkout: pip install '.[twisted]')")
 
 
 class TwistedMissing(Exception):
