@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import sys
 
@@ -27,6 +28,23 @@ def _option(name: str, **kwargs):
     env = "GREENCMD_" + name.lstrip("-").replace("-", "_").upper()
     kwargs.setdefault("show_default", True)
     return click.option(name, envvar=env, show_envvar=True, **kwargs)
+
+
+class ByteSize(click.ParamType):
+    """A size in bytes: a whole number, or with a K, M or G suffix (powers of 1024)."""
+
+    name = "size"
+    SHIFTS = {"": 0, "K": 10, "M": 20, "G": 30}
+
+    def convert(self, value, param, ctx) -> int:
+        """``10M`` -> 10485760; anything else is a usage error (exit 2)."""
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"(\d{1,15})([KMG]?)", str(value).strip(), re.IGNORECASE)
+        if match is None:
+            self.fail("%r is not a size: a number of bytes, optionally with a K, M or G "
+                      "suffix" % value, param, ctx)
+        return int(match[1]) << self.SHIFTS[match[2].upper()]
 
 
 _host = _option("--host", default=protocol.DEFAULT_HOST,
@@ -66,6 +84,11 @@ def cli() -> None:
 @_option("--log-file", default=None, show_default="$XDG_STATE_HOME/greencmd/server.log",
          help="Also append the log to this file (directories are created); '' (or "
               "GREENCMD_LOG_FILE set empty) turns it off. SIGHUP reopens it.")
+@_option("--log-max-size", default="10M", type=ByteSize(),
+         help="Rotate the log file at this size (K, M or G suffixes, powers of 1024); "
+              "0 never rotates (leave it to logrotate and SIGHUP).")
+@_option("--log-keep", default=3, type=click.IntRange(1),
+         help="Old log files kept by rotation: server.log.1 (the newest) and up.")
 @_option("--quiet", is_flag=True, default=False,
          help="Log only connections, errors and lifecycle, not every command.")
 @_option("--engine", type=click.Choice(["gevent", "twisted"]), default="gevent",
@@ -92,12 +115,17 @@ def serve(engine: str, workers: int, **options: object) -> None:
         off = os.environ.get("GREENCMD_LOG_FILE") == ""
         options["log_file"] = "" if off else logs.default_log_file()
     config = ServerConfig(**{k: v if v != "" else None for k, v in options.items()})
+    # With --workers, each process would rotate on its own: logrotate and SIGHUP instead.
+    max_bytes = config.log_max_size if workers == 1 else 0
     try:
-        logs.setup_logging(config.log_file)
+        logs.setup_logging(config.log_file, max_bytes=max_bytes, keep=config.log_keep)
     except OSError as exc:
         raise click.BadParameter("cannot open %s: %s" % (config.log_file, exc.strerror),
                                  param_hint="--log-file") from None
     logs.log("Log opened.")
+    if workers > 1 and config.log_file and config.log_max_size:
+        logs.log("Log rotation by size is off with --workers; rotate with logrotate and "
+                 "SIGHUP")
     try:
         run(config)
     except BindError as exc:

@@ -42,6 +42,8 @@ class ServerConfig:
     command_timeout: float = 30
     grace: float = 10
     log_file: str | None = None
+    log_max_size: int = 10 << 20
+    log_keep: int = 3
     quiet: bool = False
 
 

@@ -3,7 +3,7 @@
 A line reads ``2026-11-26 13:32:32+0000 [system] message``, where ``system`` says
 who speaks (``-`` for the server's life cycle, ``CommandServer`` for the listener,
 ``CmdSession,N,HOST`` for one session). Records go to stdout and, optionally, are
-appended to a file that SIGHUP reopens (for logrotate).
+appended to a file that rotates by size and that SIGHUP reopens (for logrotate).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from logging.handlers import RotatingFileHandler
 from typing import TextIO
 
 from .protocol import printable
 
-__all__ = ["LOGGER_NAME", "TwistedFormatter", "ReopenableFileHandler", "default_log_file",
+__all__ = ["LOGGER_NAME", "TwistedFormatter", "LogFileHandler", "default_log_file",
            "setup_logging", "log", "reopen_log_files", "session_system", "log_connection",
            "log_lost", "log_request", "install_flush_timer", "flush_logs", "RateLimitedLog"]
 
@@ -131,35 +132,41 @@ def flush_logs() -> None:
     _flusher.flush()
 
 
-class ReopenableFileHandler(BufferedStreamHandler):
-    """Appends to a file, creating its directory; ``reopen()`` follows a rotation."""
+class LogFileHandler(BufferedStreamHandler, RotatingFileHandler):
+    """Appends to a file; rotates it by size (the stdlib's rollover); SIGHUP reopens it.
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        super().__init__(self._open())
+    ``max_bytes`` 0 never rotates (leave it to logrotate and SIGHUP). Otherwise,
+    once a line would take the file past ``max_bytes``, the file is renamed
+    ``.1`` (older ones shift up, ``keep`` are kept) and a new one is started.
+    """
 
-    def _open(self) -> TextIO:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        return open(self.path, "a", encoding="utf-8", errors="backslashreplace")
+    def __init__(self, path: str, max_bytes: int = 0, keep: int = 0) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        super().__init__(path, mode="a", maxBytes=max_bytes, backupCount=keep,
+                         encoding="utf-8", errors="backslashreplace")
+        self.written = self._size()
+
+    def _size(self) -> int:
+        return os.fstat(self.stream.fileno()).st_size
+
+    def write_line(self, line: str) -> None:
+        """Write a line, rotating first if it would take the file past the limit."""
+        size = len(line) if line.isascii() else len(line.encode("utf-8", "backslashreplace"))
+        if self.maxBytes and self.written and self.written + size > self.maxBytes:
+            self.doRollover()
+            self.written = 0
+        self.written += size
+        super().write_line(line)
 
     def reopen(self) -> None:
         """Close and reopen the file, e.g. after logrotate moved it (SIGHUP)."""
         self.acquire()
         try:
-            new = self._open()
-            old, self.stream = self.stream, new
+            old, self.stream = self.stream, self._open()
             old.close()
+            self.written = self._size()
         finally:
             self.release()
-
-    def close(self) -> None:
-        """Close the file."""
-        self.acquire()
-        try:
-            self.stream.close()
-        finally:
-            self.release()
-        super().close()
 
 
 def default_log_file() -> str:
@@ -168,10 +175,11 @@ def default_log_file() -> str:
     return os.path.join(state, "greencmd", "server.log")
 
 
-def setup_logging(log_file: str | None, stream: TextIO | None = None
-                  ) -> ReopenableFileHandler | None:
+def setup_logging(log_file: str | None, stream: TextIO | None = None, max_bytes: int = 0,
+                  keep: int = 0) -> LogFileHandler | None:
     """Send the ``greencmd`` log to stdout and ``log_file``; returns the file handler.
 
+    The file rotates at ``max_bytes`` (0: never), keeping ``keep`` old files.
     Raises OSError when the log file cannot be opened.
     """
     logger = logging.getLogger(LOGGER_NAME)
@@ -184,7 +192,7 @@ def setup_logging(log_file: str | None, stream: TextIO | None = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     formatter = _formatter
     handlers: list[logging.Handler] = [BufferedStreamHandler(stream or sys.stdout)]
-    file_handler = ReopenableFileHandler(log_file) if log_file else None
+    file_handler = LogFileHandler(log_file, max_bytes, keep) if log_file else None
     if file_handler:
         handlers.append(file_handler)
     for handler in handlers:
@@ -200,7 +208,7 @@ _formatter = TwistedFormatter()
 def reopen_log_files() -> None:
     """Reopen every log file (on SIGHUP, after logrotate moved them), and say so."""
     for handler in _logger.handlers:
-        if isinstance(handler, ReopenableFileHandler):
+        if isinstance(handler, LogFileHandler):
             handler.reopen()
     log("Log file reopened.")
 

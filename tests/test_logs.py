@@ -4,7 +4,7 @@ import re
 import signal
 
 import pytest
-from conftest import HELP, Server, greencmd_env, wait_until
+from conftest import HELP, Server, greencmd_env, run_greencmd, wait_until
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] \S.*$")
 
@@ -88,3 +88,40 @@ def test_quiet_logs_connections_but_not_commands(start_server):
     server.wait_for_log(lambda line: "Lost client connection" in line)
     assert server.count_log("Client connection from") == 1
     assert server.count_log("Cmd received") == 0
+
+
+def log_files(directory, name):
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(name))
+
+
+def test_log_file_rotates_by_size_keeping_the_newest_files(start_server, tmp_path):
+    log = tmp_path / "rot.log"
+    server = start_server("--log-file", str(log), "--log-max-size", "2K", "--log-keep", "2")
+    requests = b"".join(b"request %03d\n" % i for i in range(120))  # ~10 KB of log lines
+    server.talk(requests)
+    assert server.stop() == 0
+    assert log_files(tmp_path, "rot.log") == ["rot.log", "rot.log.1", "rot.log.2"]
+    for name in log_files(tmp_path, "rot.log"):
+        assert (tmp_path / name).stat().st_size <= 2048
+    # .2 older than .1 older than the file itself; together they end the log.
+    text = b"".join((tmp_path / name).read_bytes()
+                    for name in ("rot.log.2", "rot.log.1", "rot.log"))
+    numbers = [int(n) for n in re.findall(rb"request (\d{3})", text)]
+    assert numbers == sorted(numbers) and numbers[-1] == 119
+    assert text.endswith(b"Main loop terminated.\n")
+
+
+def test_log_max_size_0_never_rotates(start_server, tmp_path):
+    log = tmp_path / "one.log"
+    server = start_server("--log-file", str(log), "--log-max-size", "0")
+    server.talk(b"".join(b"request %03d\n" % i for i in range(120)))
+    assert server.stop() == 0
+    assert log_files(tmp_path, "one.log") == ["one.log"]
+    assert log.stat().st_size > 4096
+
+
+@pytest.mark.parametrize("size", ["10X", "-1", "1.5M", "M", ""])
+def test_bad_log_max_size_is_one_sentence_exit_2(size):
+    result = run_greencmd("serve", "--port", "0", "--log-file", "", "--log-max-size", size)
+    assert result.returncode == 2 and b"is not a size" in result.stderr
+    assert b"Traceback" not in result.stderr
