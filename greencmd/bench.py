@@ -1,4 +1,4 @@
-"""``greencmd bench``: a load generator for any server that speaks protocol.md.
+"""``greencmd bench``: a load generator for any server that speaks docs/protocol.md.
 
 One thread, one epoll loop, non-blocking sockets: cheaper per request than any
 server it measures, and it reports its own CPU use so that a saturated load

@@ -1,4 +1,4 @@
-"""The ``greencmd`` command line (cli.md): ``serve``, ``client`` and ``compare``.
+"""The ``greencmd`` command line (docs/cli.md): ``serve``, ``client``, ``compare``, ``bench``.
 
 Every ``serve`` option may also come from ``GREENCMD_<OPTION>``. Errors a user
 can cause end in one sentence on stderr and an exit status, never a traceback.

@@ -29,7 +29,7 @@ LASTLOG_CANDIDATES = ("/var/log/syslog", "/var/log/messages")
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Every ``greencmd serve`` option; the defaults are cli.md's."""
+    """Every ``greencmd serve`` option; the defaults are those of docs/cli.md."""
 
     host: str = protocol.DEFAULT_HOST
     port: int = protocol.DEFAULT_PORT

@@ -2,8 +2,8 @@
 
 Everything a peer can see on the wire is spelled here once, and imported by the
 gevent server, the client and the Twisted twin, so the engines can differ only
-in how they wait, never in what they answer. The contract is
-``shared/spec/protocol.md``; the replies keep the original tutorial's spelling
+in how they wait, never in what they answer. docs/protocol.md describes it
+for users; the replies keep the original tutorial's spelling
 ("occured") because scripts parse them.
 """
 
