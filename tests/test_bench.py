@@ -61,3 +61,43 @@ def test_unreachable_server_is_one_sentence(server):
     assert result.stderr.splitlines()[-1] == (
         b"Error: unknown: 127.0.0.1:%d: connection refused" % port)
     assert b"Traceback" not in result.stderr
+
+
+def test_a_refusing_server_gets_advice_and_no_figures(start_server):
+    server = start_server("--quiet")  # the default --max-clients 10
+    result = bench(server, "-c", "25", "unknown")
+    assert result.returncode == 1
+    out = result.stdout.decode()
+    assert "start it with --max-clients 25 or more" in out
+    row = out.splitlines()[1].split()
+    assert row[:2] == ["unknown", "-"] and "no figures" in out
+
+
+def test_error_replies_are_errors_not_successes(start_server):
+    # No lastlog source at all: every reply is an error line.
+    server = start_server("--quiet", "--log-file", "", "--lastlog-file", "/nonexistent/log")
+    result = bench(server, "-c", "2", "--json", "lastlog")
+    assert result.returncode == 1
+    (r,) = json.loads(result.stdout)
+    assert r["errors"] > 0 and r["count"] == 0 and r["rate"] is None
+    assert any(e.startswith("error reply b") and "An error occured: " in e
+               for e in r["examples"])
+
+
+def test_lastlog_of_a_moving_log_is_checked_by_its_form(start_server, tmp_path):
+    own = tmp_path / "own.log"  # the server's own log: every request adds lines to it
+    server = start_server("--log-file", str(own), "--lastlog-file", str(own))
+    result = bench(server, "-c", "2", "--json", "lastlog")
+    assert result.returncode == 0, result.stdout
+    (r,) = json.loads(result.stdout)
+    assert r["errors"] == 0 and r["count"] > 0 and r["rate"] > 0
+
+
+def test_idle_sessions_refused_give_no_memory_figure(start_server):
+    server = start_server("--quiet", "--max-clients", "5")
+    result = bench(server, "--idle", "20", "--server-pid", str(server.proc.pid), "--json",
+                   "idle")
+    assert result.returncode == 1
+    (r,) = json.loads(result.stdout)
+    assert r["extra"] == {} and r["rate"] is None
+    assert any("--max-clients" in e for e in r["examples"])
