@@ -17,7 +17,7 @@ __all__ = [
     "LASTLOG_MAX_LINES", "COMMAND_SYNTAX", "HELP", "COMMAND_NOT_FOUND", "NO_PATH",
     "LINE_TOO_LONG", "TOO_MANY", "IDLE_TIMEOUT", "SHUTTING_DOWN", "ERROR_PREFIX",
     "LineBuffer", "Request", "parse_request", "parse_lastlog_count", "error",
-    "hash_reply", "lastlog_reply", "is_error_reply", "ReplyScanner", "NOT_SERVED", "printable",
+    "hash_reply", "lastlog_reply", "is_error_reply", "ReplyScanner", "printable",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -50,8 +50,10 @@ LASTLOG_BEGIN = b"Begin lastlog\n"
 LASTLOG_END = b"End lastlog\n"
 LASTLOG_BAD_COUNT = "lastlog takes a line count from %d to %d" % (1, LASTLOG_MAX_LINES)
 
-#: First lines that make ``greencmd client`` exit 1: the request failed.
-ERROR_REPLIES = (ERROR_PREFIX, COMMAND_NOT_FOUND, NO_PATH, LINE_TOO_LONG, TOO_MANY)
+#: First lines that make ``greencmd client`` exit 1: the request failed, or was
+#: not served (the server said bye instead).
+ERROR_REPLIES = (ERROR_PREFIX, COMMAND_NOT_FOUND, NO_PATH, LINE_TOO_LONG, TOO_MANY,
+                 SHUTTING_DOWN, IDLE_TIMEOUT)
 
 
 class LineBuffer:
@@ -188,12 +190,8 @@ class ReplyScanner:
                     self._block_end = None
             elif line.startswith(b"Begin "):
                 self._block_end = b"End " + line[len(b"Begin "):]
-            elif is_error_reply(line + b"\n") or (line + b"\n").startswith(NOT_SERVED):
+            elif is_error_reply(line + b"\n"):
                 self.failed = True
-
-
-#: Byes that mean a request was not served: the client counts them as errors.
-NOT_SERVED = (SHUTTING_DOWN, IDLE_TIMEOUT)
 
 
 def is_error_reply(first_line: bytes) -> bool:

@@ -128,7 +128,8 @@ def test_printable_escapes_what_a_terminal_would_act_on(data, text):
 
 def test_error_replies_are_recognised():
     for reply in (protocol.COMMAND_NOT_FOUND, protocol.NO_PATH, protocol.LINE_TOO_LONG,
-                  protocol.TOO_MANY, protocol.error("x")):
+                  protocol.TOO_MANY, protocol.SHUTTING_DOWN, protocol.IDLE_TIMEOUT,
+                  protocol.error("x")):
         assert protocol.is_error_reply(reply)
     assert not protocol.is_error_reply(protocol.HELP)
     assert not protocol.is_error_reply(protocol.hash_reply("0" * 40))
