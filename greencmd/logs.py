@@ -20,7 +20,7 @@ from .protocol import printable
 
 __all__ = ["LOGGER_NAME", "TwistedFormatter", "LogFileHandler", "default_log_file",
            "setup_logging", "log", "reopen_log_files", "session_system", "log_connection",
-           "log_lost", "log_request", "install_flush_timer", "flush_logs", "RateLimitedLog"]
+           "log_lost", "log_request", "install_flush_timer", "flush_logs", "AcceptFailureLog"]
 
 LOGGER_NAME = "greencmd"
 LIFECYCLE = "-"
@@ -236,19 +236,23 @@ def log(message: str, system: str = LIFECYCLE) -> None:
             handler.handle(record)
 
 
-class RateLimitedLog:
-    """Logs a recurring complaint at most once per ``interval`` seconds."""
+class AcceptFailureLog:
+    """Says that connections cannot be accepted (out of descriptors), at most once a second.
 
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.last = -interval
+    Both engines use it, so the line reads the same whichever runs.
+    """
 
-    def say(self, message: str, system: str = LIFECYCLE) -> None:
-        """Log ``message``, unless a line went out less than ``interval`` seconds ago."""
+    INTERVAL = 1.0
+
+    def __init__(self) -> None:
+        self.last = -self.INTERVAL
+
+    def say(self, reason: str) -> None:
+        """Log that accepting failed for ``reason``, unless it was said less than a second ago."""
         now = time.monotonic()
-        if now - self.last >= self.interval:
+        if now - self.last >= self.INTERVAL:
             self.last = now
-            log(message, system)
+            log("Cannot accept connections: %s; open sessions go on" % reason)
 
 
 def session_system(number: int, host: str) -> str:

@@ -34,7 +34,7 @@ from .connection import IdleTimeout, linger, nothing_pending
 from .errors import cannot_listen, describe_os_error
 from .logs import (
     REFUSED,
-    RateLimitedLog,
+    AcceptFailureLog,
     flush_logs,
     install_flush_timer,
     log,
@@ -74,7 +74,7 @@ class CommandServer(StreamServer):
         self.accepted = 0
         self.closing = Event()
         self._reaper: gevent.Greenlet | None = None
-        self._exhausted = RateLimitedLog(1.0)
+        self._exhausted = AcceptFailureLog()
 
     def start(self) -> None:
         """Listen, and start the idle reaper when there is an idle timeout."""
@@ -93,8 +93,7 @@ class CommandServer(StreamServer):
         except OSError as exc:
             if exc.errno not in OUT_OF_DESCRIPTORS:
                 raise
-            self._exhausted.say("Cannot accept connections: %s; open sessions go on"
-                                % describe_os_error(exc))
+            self._exhausted.say(describe_os_error(exc))
         self.stop_accepting()
         gevent.spawn_later(EXHAUSTED_PAUSE, self._resume_accepting)
         return None

@@ -43,7 +43,7 @@ from ..logs import (
     RESET,
     SHUTDOWN,
     TOO_LONG,
-    RateLimitedLog,
+    AcceptFailureLog,
     flush_logs,
     install_flush_timer,
     log,
@@ -457,7 +457,7 @@ class AcceptFailures:
     """
 
     def __init__(self) -> None:
-        self.log = RateLimitedLog(1.0)
+        self.log = AcceptFailureLog()
 
     def __call__(self, event: dict) -> None:
         """A twisted.logger observer: pick out failed accepts."""
@@ -470,7 +470,7 @@ class AcceptFailures:
             return
         code = getattr(errno, name, None)
         reason = describe_os_error(OSError(code, "")) if code else name
-        self.log.say("Cannot accept connections: %s; open sessions go on" % reason)
+        self.log.say(reason)
 
 
 def run(config: ServerConfig) -> None:
