@@ -30,7 +30,7 @@ from .config import (
     describe_lastlog_source,
     format_address,
 )
-from .connection import IdleTimeout, linger, nothing_pending
+from .connection import Connection, IdleTimeout, nothing_pending
 from .errors import cannot_listen, describe_os_error
 from .logs import (
     REFUSED,
@@ -165,14 +165,9 @@ class CommandServer(StreamServer):
 
 
 def refuse(sock: socket.socket, system: str) -> None:
-    """Tell a client over the limit so; StreamServer closes the socket after."""
-    sock.settimeout(LINGER_SECONDS)
-    try:
-        sock.sendall(protocol.TOO_MANY)
-    except OSError:
-        pass
+    """Tell a client over the limit so, as a session says its last line; never raises."""
     log_lost(REFUSED, system)
-    linger(sock)
+    Connection(sock, max_line=0, idle_timeout=0).hang_up(protocol.TOO_MANY)
 
 
 def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
