@@ -3,8 +3,8 @@
     python benchmarks/floor.py [--idle 5000] [--reps 3]
 
 Starts a bare ``StreamServer`` whose handler answers every chunk it receives
-with greencmd's ``Command not found.`` reply in a ``recv()`` loop (no parsing,
-no timeouts, no log), pinned to CPU 0, and runs ``greencmd bench`` against it
+in a ``recv()`` loop with greencmd's reply (``help`` or ``Command not found.``:
+no framing, no timeouts, no log), pinned to CPU 0, and runs ``greencmd bench`` against it
 pinned to CPU 1, as ``benchmarks/compare.py`` does for greencmd:
 
 - ``idle``: server memory per idle connection, one greenlet blocked in ``recv()``;
@@ -20,24 +20,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 
+from compare import taskset  # the same pinning as the side-by-side runs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SERVER = """
-import sys
 from gevent.server import StreamServer
-REPLY = %r
+HELP, NOT_FOUND = %r, %r
 
 def handle(sock, address):
     while True:
         data = sock.recv(65536)
         if not data:
             break
-        sock.sendall(REPLY)
+        sock.sendall(HELP if data.startswith(b"help") else NOT_FOUND)
 
 server = StreamServer(("127.0.0.1", 0), handle, backlog=4096)
 server.start()
@@ -46,26 +46,24 @@ server.serve_forever()
 """
 
 
-def pin(cpu: str) -> list[str]:
-    """The prefix that pins a command to ``cpu``, if taskset exists here."""
-    return ["taskset", "-c", cpu] if shutil.which("taskset") else []
-
-
 def bench(scenario: str, options: list[str]) -> dict:
     """One ``greencmd bench`` scenario against a fresh bare server; its JSON result."""
     sys.path.insert(0, REPO)
     from greencmd import protocol
 
-    server = subprocess.Popen(pin("0") + [
-        sys.executable, "-c", SERVER % protocol.COMMAND_NOT_FOUND],
+    server = subprocess.Popen(taskset("0") + [
+        sys.executable, "-c", SERVER % (protocol.HELP, protocol.COMMAND_NOT_FOUND)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         port = int(server.stdout.readline())
-        out = subprocess.run(pin("1") + [
+        out = subprocess.run(taskset("1") + [
             sys.executable, "-m", "greencmd", "bench", "--port", str(port), "--server-pid",
             str(server.pid), "--json", scenario, *options],
             capture_output=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
-        return json.loads(out.stdout)[0]
+        result = json.loads(out.stdout)[0]
+        if result["errors"]:
+            raise SystemExit("floor.py: %s: %s" % (scenario, "; ".join(result["examples"])))
+        return result
     finally:
         server.kill()
         server.wait()
