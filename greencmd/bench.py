@@ -332,7 +332,8 @@ def idle(address, options) -> Result:
                 sock.send(b"help\n")
             for sock in batch:
                 reply = _read_reply(sock)
-                if reply != protocol.HELP:
+                # Configured and plugin commands follow the built-ins in the line.
+                if not reply.startswith(protocol.HELP[:-1]) or not reply.endswith(b"\n"):
                     result.error(why_wrong(reply, protocol.HELP, count))
             held += batch
             _progress("idle: %d sessions open" % len(held))

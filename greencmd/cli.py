@@ -13,6 +13,7 @@ import shutil
 import sys
 
 import click
+from click.core import ParameterSource
 
 from . import __version__, client, protocol
 from .config import ServerConfig
@@ -47,6 +48,24 @@ class ByteSize(click.ParamType):
         return int(match[1]) << self.SHIFTS[match[2].upper()]
 
 
+def _read_config(ctx: click.Context, param: click.Parameter, path: str | None) -> tuple:
+    """Eager callback of ``--config``: the file's [serve] table becomes the defaults.
+
+    Returns the configured commands. Runs before the other options are read,
+    so click applies its own precedence (command line, environment, then this
+    ``default_map``, then the defaults).
+    """
+    if not path:
+        return ()
+    from .configfile import ConfigError, load
+
+    try:
+        ctx.default_map, commands = load(path, ctx.command, ctx)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return commands
+
+
 _host = _option("--host", default=protocol.DEFAULT_HOST,
                 help="Address to bind (serve) or connect to (client); 0.0.0.0 or :: "
                      "serves other machines.")
@@ -78,7 +97,8 @@ def cli() -> None:
 @_option("--idle-timeout", default=300.0, type=click.FloatRange(0),
          help="Seconds a session may send no complete line; 0 disables.")
 @_option("--command-timeout", default=30.0, type=click.FloatRange(0, min_open=True),
-         help="Seconds a lastlog may take before its tail is killed.")
+         help="Seconds a lastlog, a configured or a plugin command may take before it "
+              "is stopped (a follow has no limit).")
 @_option("--grace", default=10.0, type=click.FloatRange(0),
          help="Seconds in-flight commands get to finish at shutdown.")
 @_option("--log-file", default=None, show_default="$XDG_STATE_HOME/greencmd/server.log",
@@ -96,7 +116,13 @@ def cli() -> None:
 @_option("--workers", default=1, type=click.IntRange(1),
          help="Server processes sharing the port (gevent engine); --max-clients "
               "applies to each.")
-def serve(engine: str, workers: int, **options: object) -> None:
+@_option("--config", default=None, is_eager=True, expose_value=True, callback=_read_config,
+         type=click.Path(dir_okay=False), show_default="none",
+         help="A TOML file: serve options in a [serve] table (same names), commands in "
+              "[commands.NAME] tables. The command line and the environment win over it.")
+@click.pass_context
+def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
+          **options: object) -> None:
     """Run the server in the foreground until SIGTERM or SIGINT; log to stdout."""
     from . import logs
 
@@ -111,10 +137,14 @@ def serve(engine: str, workers: int, **options: object) -> None:
     # ignores an empty variable; so do the quotes copied from that option.
     if options["log_file"] in ("''", '""'):
         options["log_file"] = ""
+    # And an empty variable wins over the config file, as any variable does.
+    if (os.environ.get("GREENCMD_LOG_FILE") == ""
+            and ctx.get_parameter_source("log_file") != ParameterSource.COMMANDLINE):
+        options["log_file"] = ""
     if options["log_file"] is None:
-        off = os.environ.get("GREENCMD_LOG_FILE") == ""
-        options["log_file"] = "" if off else logs.default_log_file()
-    config = ServerConfig(**{k: v if v != "" else None for k, v in options.items()})
+        options["log_file"] = logs.default_log_file()
+    config = ServerConfig(commands=config,
+                          **{k: v if v != "" else None for k, v in options.items()})
     # With --workers, each process would rotate on its own: logrotate and SIGHUP instead.
     max_bytes = config.log_max_size if workers == 1 else 0
     try:
@@ -156,6 +186,8 @@ def _engine(name: str):
 def client_command(host: str, port: int, timeout: float, command: tuple[str, ...]) -> None:
     """Send COMMAND and print the reply; with no COMMAND, act like netcat on stdin.
 
+    ``follow [N]`` prints lines as they come, until Ctrl-C stops it cleanly.
+
     Exit status: 0 for a normal reply, 1 for an error reply, 3 when the server
     cannot be reached or a reply times out, 2 for bad usage.
     """
@@ -164,7 +196,9 @@ def client_command(host: str, port: int, timeout: float, command: tuple[str, ...
         raise click.UsageError("COMMAND must be one line; it contains a line break.")
     out = click.get_binary_stream("stdout")
     try:
-        if command:
+        if command and client.is_follow(os.fsencode(line)):
+            status = client.follow(host, port, timeout, os.fsencode(line), out)
+        elif command:
             status = client.request(host, port, timeout, os.fsencode(line), out)
         else:
             status = client.interact(host, port, timeout, sys.stdin.fileno(), out)

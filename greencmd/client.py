@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import signal
 import socket
 import threading
 from typing import BinaryIO
@@ -17,7 +18,8 @@ from typing import BinaryIO
 from . import protocol
 from .errors import describe_os_error
 
-__all__ = ["ClientError", "OK", "FAILED", "UNREACHABLE", "request", "interact"]
+__all__ = ["ClientError", "OK", "FAILED", "UNREACHABLE", "request", "interact", "follow",
+           "is_follow"]
 
 OK, FAILED, UNREACHABLE = 0, 1, 3
 RECV_SIZE = 65536
@@ -54,6 +56,39 @@ def request(host: str, port: int, timeout: float, line: bytes, out: BinaryIO) ->
                 from None
         replies = _copy_replies(sock, out, timeout, where)
     return _status(replies, expects_reply(line), where)
+
+
+def is_follow(line: bytes) -> bool:
+    """True for a ``follow [N]`` request, which streams until it is stopped."""
+    request = protocol.parse_request(line)
+    return request is not None and request.word == b"follow"
+
+
+def follow(host: str, port: int, timeout: float, line: bytes, out: BinaryIO) -> int:
+    """``follow [N]``: print lines as they come until Ctrl-C, which stops the follow cleanly.
+
+    No reply timeout while following (a log may be quiet for hours), and no
+    half-close after the request (EOF would stop the follow). Ctrl-C sends the
+    stop line and prints the rest, ``End follow`` included, within ``timeout``.
+    """
+    where = "%s:%d" % (host, port)
+    replies = protocol.ReplyScanner()
+    with connect(host, port, timeout) as sock:
+        try:
+            _send_or_close(sock, line + b"\n", where)
+            sock.settimeout(None)
+            while data := _recv(sock, None, where):
+                replies.feed(data)
+                out.write(data)
+                out.flush()
+            return _status(replies, True, where)  # the server ended it (shutdown, an error)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback
+        sock.settimeout(timeout)
+        _send_or_close(sock, b"\n", where)  # the stop line
+        _send_or_close(sock, b"", where)  # then no more requests: the server closes
+        _copy_replies(sock, out, timeout, where, replies)
+    return _status(replies, True, where)
 
 
 def interact(host: str, port: int, timeout: float, stdin_fd: int, out: BinaryIO) -> int:
@@ -157,7 +192,7 @@ def _copy_replies(sock: socket.socket, out: BinaryIO, timeout: float, where: str
         out.flush()
 
 
-def _recv(sock: socket.socket, timeout: float, where: str) -> bytes:
+def _recv(sock: socket.socket, timeout: float | None, where: str) -> bytes:
     try:
         return sock.recv(RECV_SIZE)
     except TimeoutError:

@@ -9,103 +9,118 @@ is a chain of Deferred callbacks.
 
 from __future__ import annotations
 
-import os
-import signal
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import gevent
 from gevent.threadpool import ThreadPool
 
-from . import jobs, protocol
+from . import children, jobs, protocol
 from .config import ServerConfig, choose_lastlog_source
 from .errors import describe_os_error
+from .programs import (
+    OUTPUT_LIMIT,
+    PluginCommand,
+    ProgramCommand,
+    call_plugin,
+    load_extras,
+    timed_out,
+)
+from .stats import Stats
 
-# gevent.subprocess's API, spawned by the stdlib's faster C code (see the module).
-from .fast_subprocess import DEVNULL, PIPE, STDOUT, Popen
+__all__ = ["Runtime", "Command", "BUILTINS", "lastlog", "comhash", "help_", "stats",
+           "program", "plugin"]
 
-__all__ = ["Runtime", "Command", "COMMANDS", "lastlog", "comhash", "help_"]
+
+class Command(NamedTuple):
+    """A command function, and whether it waits (so replies before it are sent).
+
+    ``run(runtime, arg, system)``: ``system`` names the session in the log.
+    """
+
+    run: Callable[[Runtime, bytes, str], bytes]
+    waits: bool
 
 
 @dataclass
 class Runtime:
-    """What commands need from the server: settings, the lastlog source, threads."""
+    """What commands need from the server: settings, the lastlog source, threads,
+    the command table, the help line and the counters."""
 
     config: ServerConfig
     pool: ThreadPool
     lastlog_source: str | None
     lastlog_tried: tuple[str, ...]
+    commands: dict[bytes, Command]
+    help: bytes
+    stats: Stats
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> Runtime:
-        """Choose the lastlog source and start the hashing threads."""
+        """Choose the lastlog source, load plugins, start the hashing threads."""
         source, tried = choose_lastlog_source(config)
-        return cls(config, ThreadPool(config.hash_threads), source, tried)
+        extras = load_extras(config.commands)
+        commands = dict(BUILTINS)
+        for spec in extras.programs:
+            commands[spec.word] = Command(functools.partial(program, spec), waits=True)
+        for extra in extras.plugins:
+            commands[extra.word] = Command(functools.partial(plugin, extra), waits=True)
+        return cls(config, ThreadPool(config.hash_threads), source, tried, commands,
+                   extras.help(), Stats("gevent", config.max_clients, extras.names()))
 
 
-class TailTimeout(Exception):
-    """``tail`` ran past ``--command-timeout``."""
-
-
-def lastlog(runtime: Runtime, arg: bytes) -> bytes:
+def lastlog(runtime: Runtime, arg: bytes, system: str) -> bytes:
     """``lastlog [N]``: the last N lines of the lastlog source, via ``tail``."""
     try:
         argv = jobs.lastlog_argv(arg, runtime.lastlog_source, runtime.lastlog_tried)
     except jobs.Refused as refused:
         return refused.reply
-    return run_tail(argv, runtime.lastlog_source, runtime.config.command_timeout)
-
-
-def run_tail(argv: list[str], source: str, timeout: float) -> bytes:
-    """Run ``tail`` and frame its output; kill and reap it whatever happens.
-
-    The child gets its own session, so a kill reaches anything it started. If
-    this greenlet is killed (the client reset, the server gave up at shutdown),
-    the ``finally`` still kills and reaps the child.
-    """
+    source, timeout = runtime.lastlog_source, runtime.config.command_timeout
     try:
-        tail = Popen(argv, stdin=DEVNULL, stdout=PIPE, stderr=STDOUT, start_new_session=True)
+        tail = children.run(argv, timeout, jobs.LASTLOG_MAX_BYTES)
     except OSError as exc:
         return protocol.error("cannot run tail: %s" % describe_os_error(exc))
-    try:
-        with gevent.Timeout(timeout, TailTimeout):
-            output = read_capped(tail.stdout, jobs.LASTLOG_MAX_BYTES)
-            status = tail.wait() if output is not None else None
-    except TailTimeout:
+    except children.TimedOut:
         return jobs.lastlog_timed_out(source, timeout)
-    finally:
-        kill_and_reap(tail)
-    return jobs.lastlog_result(source, status, output)
+    except children.TooMuchOutput:
+        return jobs.lastlog_result(source, None, None)
+    return jobs.lastlog_result(source, tail.status, tail.output, tail.errors)
 
 
-def read_capped(stream: BinaryIO, limit: int) -> bytes | None:
-    """Everything up to EOF, or ``None`` once it is over ``limit`` bytes."""
-    chunks = []
-    size = 0
-    while chunk := stream.read(65536):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def kill_and_reap(child: Popen) -> None:
-    """Kill ``child`` and all it started, if it still runs; wait for it; close its pipe."""
+def program(spec: ProgramCommand, runtime: Runtime, arg: bytes, system: str) -> bytes:
+    """A ``[commands.NAME]`` command: run its program, frame its output."""
     try:
-        if child.poll() is None:
-            try:
-                os.killpg(child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            child.wait()
-    finally:
-        child.stdout.close()
+        argv = spec.argv(arg)
+    except jobs.Refused as refused:
+        return refused.reply
+    timeout = runtime.config.command_timeout
+    try:
+        done = children.run(argv, timeout, OUTPUT_LIMIT)
+    except OSError as exc:
+        return spec.cannot_run(exc)
+    except children.TimedOut:
+        return timed_out(spec.name, timeout)
+    except children.TooMuchOutput:
+        return spec.too_much()
+    return spec.reply(done.status, done.output, done.errors)
 
 
-def comhash(runtime: Runtime, arg: bytes) -> bytes:
+def plugin(extra: PluginCommand, runtime: Runtime, arg: bytes, system: str) -> bytes:
+    """A plugin command, called in this greenlet (cooperative code just works).
+
+    ``--command-timeout`` ends it only where it yields to gevent: a function that
+    blocks without yielding holds up every session (docs: writing a plugin).
+    """
+    reply = None
+    with gevent.Timeout(runtime.config.command_timeout, False):
+        reply = call_plugin(extra, arg, system)
+    return reply if reply is not None else timed_out(extra.name, runtime.config.command_timeout)
+
+
+def comhash(runtime: Runtime, arg: bytes, system: str) -> bytes:
     """``comhash PATH``: the SHA-1 of a file, computed on a pool thread.
 
     If this greenlet is killed while it waits (the client reset, shutdown gave
@@ -120,21 +135,21 @@ def comhash(runtime: Runtime, arg: bytes) -> bytes:
         abandoned.set()
 
 
-def help_(runtime: Runtime, arg: bytes) -> bytes:
+def help_(runtime: Runtime, arg: bytes, system: str) -> bytes:
     """``help``: one line listing the commands."""
-    return protocol.HELP
+    return runtime.help
 
 
-class Command(NamedTuple):
-    """A command function, and whether it waits (so replies before it are sent)."""
-
-    run: Callable[[Runtime, bytes], bytes]
-    waits: bool
+def stats(runtime: Runtime, arg: bytes, system: str) -> bytes:
+    """``stats``: the server's counters."""
+    return runtime.stats.reply()
 
 
-#: The dispatch table; ``exit``/``quit`` end the session and are handled there.
-COMMANDS: dict[bytes, Command] = {
+#: The built-in commands; ``exit``/``quit`` end the session and ``follow`` streams:
+#: the session handles those itself.
+BUILTINS: dict[bytes, Command] = {
     b"lastlog": Command(lastlog, waits=True),
     b"comhash": Command(comhash, waits=True),
     b"help": Command(help_, waits=False),
+    b"stats": Command(stats, waits=False),
 }

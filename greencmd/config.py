@@ -45,6 +45,8 @@ class ServerConfig:
     log_max_size: int = 10 << 20
     log_keep: int = 3
     quiet: bool = False
+    #: Commands from the ``--config`` file (``programs.ProgramCommand``).
+    commands: tuple = ()
 
 
 def choose_lastlog_source(config: ServerConfig) -> tuple[str | None, tuple[str, ...]]:

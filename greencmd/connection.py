@@ -27,6 +27,8 @@ from __future__ import annotations
 import socket
 import time
 
+import gevent
+
 from . import protocol
 from .config import LINGER_BYTES, LINGER_SECONDS, RECV_SIZE
 from .logs import IDLE, RESET
@@ -75,23 +77,35 @@ class Connection:
         then until a line is complete: bytes that trickle in without a line feed
         do not restart it.
         """
+        if self.lines:
+            return self._pop_line()
+        self.flush()
+        self.idle_since = time.monotonic()
+        try:
+            return self.next_line()
+        finally:
+            self.idle_since = None
+
+    def next_line(self) -> bytes | None:
+        """The next line the client sends (``None`` at EOF), without flushing or idle clock.
+
+        ``follow`` waits for its stop line with this, in a greenlet of its own.
+        """
         while not self.lines:
             if self.buffer.too_long:
                 raise LineTooLong()
             if self.eof:
                 return None
-            self.flush()
-            if self.idle_since is None:
-                self.idle_since = time.monotonic()
             data = self._receive()
             self.eof = not data
             lines = self.buffer.feed(data) if data else self.buffer.finish()
             if len(lines) == 1:  # the usual case: one request per read
-                self.idle_since = None
                 return lines[0]
             lines.reverse()
             self.lines = lines
-        self.idle_since = None
+        return self._pop_line()
+
+    def _pop_line(self) -> bytes:
         line = self.lines.pop()
         if not self.lines:
             self.lines = None
@@ -118,6 +132,18 @@ class Connection:
         data = b"".join(self.owed) if len(self.owed) > 1 else self.owed[0]
         self.owed = None
         self.sock.settimeout(self.idle_timeout)
+        self._send(data)
+
+    def send_while_reading(self, data: bytes) -> None:
+        """Send ``data`` now, while another greenlet waits in :meth:`next_line`.
+
+        The socket's timeout belongs to that reader, so the idle timeout of this
+        send is a ``gevent.Timeout``: the client has that long to take it.
+        """
+        with gevent.Timeout(self.idle_timeout, TimeoutError):
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
         try:
             # send() first: gevent's sendall() asks the kernel for SO_SNDBUF on
             # every call, one syscall more per reply.

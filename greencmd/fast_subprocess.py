@@ -1,8 +1,8 @@
 """``gevent.subprocess.Popen``, spawned by the stdlib's C code and awaited on a pidfd.
 
 What it replaces: ``gevent.subprocess.Popen``, for the part of its API greencmd
-uses: ``Popen(args, stdin=..., stdout=PIPE, stderr=..., start_new_session=...)``,
-a cooperative ``stdout`` (``read()`` waits in this greenlet only), and
+uses: ``Popen(args, stdin=..., stdout=PIPE, stderr=PIPE, start_new_session=...)``,
+cooperative ``stdout`` and ``stderr`` (``read()`` waits in this greenlet only), and
 cooperative ``wait(timeout)``, ``poll()``, ``kill()`` and ``returncode``. A
 command reads exactly as it would with gevent's own.
 
@@ -27,10 +27,10 @@ Where pidfds do not exist, it falls back to gevent's own mechanism: the SIGCHLD
 handler installed *before* the fork (as gevent.subprocess does; without that, a
 child that exits at once is never seen) and a libev child watcher.
 
-Limits: while gevent's SIGCHLD handler is installed in the process (anything
-that uses gevent.subprocess installs it), libev reaps every child, and an exit
-status may be taken before this class sees it; ``wait()`` then raises
-ChildProcessError. greencmd itself never installs it.
+Limits: once gevent's SIGCHLD handler is installed in the process (a plugin
+that uses gevent.subprocess installs it), libev reaps every child. The first
+child of ours it reaps reports :data:`STATUS_LOST` (its output is intact); from
+then on this class waits as gevent.subprocess does, with a libev child watcher.
 """
 
 from __future__ import annotations
@@ -47,35 +47,42 @@ from gevent.socket import wait_read
 __all__ = ["Popen", "PIPE", "STDOUT", "DEVNULL", "TimeoutExpired"]
 
 HAVE_PIDFD = hasattr(os, "pidfd_open")
+#: The exit status reported for a child whose status libev took (see Limits).
+STATUS_LOST = 255
+#: True once libev was seen reaping a child of ours: gevent's SIGCHLD handler is in.
+_libev_reaps = False
 
 
 class Popen(subprocess.Popen):
-    """A child process with cooperative ``stdout``, ``wait()`` and ``poll()``.
+    """A child process with cooperative ``stdout``, ``stderr``, ``wait()`` and ``poll()``.
 
-    Only ``stdout`` may be a ``PIPE``; stdin and stderr are passed on as given.
+    ``stdout`` and ``stderr`` may be a ``PIPE``; stdin is passed on as given.
     Must be created in the event loop's thread.
     """
 
-    def __init__(self, args: list[str], *, stdout=None, **kwargs) -> None:
+    def __init__(self, args: list[str], *, stdout=None, stderr=None, **kwargs) -> None:
         self._pidfd: int | None = None
         self._exited: AsyncResult | None = None
-        if not HAVE_PIDFD:
+        if not HAVE_PIDFD or _libev_reaps:
             # Before the fork: the exit of a child that ends at once must be seen.
             gevent.get_hub().loop.install_sigchld()
-        read_end = None
-        if stdout == PIPE:
-            read_end, stdout = os.pipe()
+        ours: dict[str, int] = {}  # the read ends of our pipes
+        theirs: list[int] = []  # the write ends, closed here once the child has them
         try:
-            super().__init__(args, stdout=stdout, **kwargs)
+            if stdout == PIPE:
+                ours["stdout"], stdout = os.pipe()
+                theirs.append(stdout)
+            if stderr == PIPE:
+                ours["stderr"], stderr = os.pipe()
+                theirs.append(stderr)
+            super().__init__(args, stdout=stdout, stderr=stderr, **kwargs)
         except BaseException:
-            if read_end is not None:
-                os.close(read_end)
+            _close(ours.values())
             raise
         finally:
-            if read_end is not None:
-                os.close(stdout)  # the child has its own copy of the write end
+            _close(theirs)
         try:
-            if HAVE_PIDFD:
+            if HAVE_PIDFD and not _libev_reaps:
                 self._pidfd = os.pidfd_open(self.pid)
             else:
                 self._watch_with_sigchld()
@@ -83,11 +90,10 @@ class Popen(subprocess.Popen):
             self.kill()
             os.waitpid(self.pid, 0)  # returns at once: SIGKILL cannot be ignored
             self.returncode = -9
-            if read_end is not None:
-                os.close(read_end)
+            _close(ours.values())
             raise
-        if read_end is not None:
-            self.stdout = FileObjectPosix(read_end, "rb", bufsize=0)
+        for name, fd in ours.items():
+            setattr(self, name, FileObjectPosix(fd, "rb", bufsize=0))
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait (this greenlet only) for the exit; raises TimeoutExpired after ``timeout``."""
@@ -109,13 +115,22 @@ class Popen(subprocess.Popen):
         return self.returncode
 
     def _reap(self, options: int) -> None:
-        pid, status = os.waitpid(self.pid, options)
+        global _libev_reaps
+        try:
+            pid, status = os.waitpid(self.pid, options)
+        except ChildProcessError:
+            # gevent's SIGCHLD handler was installed since this child started, and
+            # libev reaped it: its status is lost. Later children use libev's way.
+            _libev_reaps = True
+            pid, status = self.pid, STATUS_LOST << 8
         if pid:
             self.returncode = os.waitstatus_to_exitcode(status)
             os.close(self._pidfd)
             self._pidfd = None
 
     def _watch_with_sigchld(self) -> None:
+        # libev reaps every child once gevent's SIGCHLD handler is in; its
+        # child watcher is then the only one who learns the exit status.
         self._exited = AsyncResult()
         watcher = gevent.get_hub().loop.child(self.pid, False)
 
@@ -125,3 +140,8 @@ class Popen(subprocess.Popen):
             self._exited.set(self.returncode)
 
         watcher.start(on_exit)
+
+
+def _close(fds) -> None:
+    for fd in fds:
+        os.close(fd)

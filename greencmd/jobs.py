@@ -11,18 +11,40 @@ import hashlib
 import os
 import stat
 import threading
+from typing import NamedTuple
 
 from . import protocol
 from .config import no_source_message
 from .logs import flush_logs
 
 __all__ = ["HASH_CHUNK", "LASTLOG_MAX_BYTES", "Refused", "hash_file", "lastlog_argv",
-           "lastlog_result", "lastlog_timed_out"]
+           "lastlog_result", "lastlog_timed_out", "FollowStart", "follow_start", "Finished",
+           "TimedOut", "TooMuchOutput", "STDERR_KEPT"]
 
 #: Read size for hashing: large enough that hashlib drops the GIL for most of it.
 HASH_CHUNK = 1 << 20
 #: Most ``tail`` output a lastlog reply may carry; a log of giant lines is refused.
 LASTLOG_MAX_BYTES = 4 << 20
+
+#: How much of a child's stderr is kept: enough for its last line.
+STDERR_KEPT = 4096
+
+
+class Finished(NamedTuple):
+    """A child that exited: its status (negative: killed by that signal) and output."""
+
+    status: int
+    output: bytes
+    errors: bytes
+
+
+class TimedOut(Exception):
+    """A child ran past its time; it has been killed."""
+
+
+class TooMuchOutput(Exception):
+    """A child printed more than it may; it has been killed."""
+
 
 _FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
@@ -104,8 +126,15 @@ def lastlog_argv(arg: bytes, source: str | None, tried: tuple[str, ...]) -> list
     Everything that can be checked before spawning a child is checked here: the
     line count, that there is a source, and that it can be read.
     """
+    count = _checked_source("lastlog", arg, source, tried)
+    return ["tail", "-n", str(count), "--", source]
+
+
+def _checked_source(command: str, arg: bytes, source: str | None,
+                    tried: tuple[str, ...]) -> int:
+    """The line count of ``lastlog``/``follow``, once the source is known to be readable."""
     try:
-        count = protocol.parse_lastlog_count(arg)
+        count = protocol.parse_lastlog_count(arg, command)
     except ValueError as exc:
         raise Refused(protocol.error(str(exc))) from None
     if source is None:
@@ -115,7 +144,62 @@ def lastlog_argv(arg: bytes, source: str | None, tried: tuple[str, ...]) -> list
         raise Refused(protocol.error(problem))
     # The source may be the server's own log: what it logged must be on disk.
     flush_logs()
-    return ["tail", "-n", str(count), "--", source]
+    return count
+
+
+class FollowStart(NamedTuple):
+    """How a ``follow`` begins: the backlog to send, then the ``tail -F`` to run."""
+
+    backlog: bytes
+    argv: list[str]
+
+
+def follow_start(arg: bytes, source: str | None, tried: tuple[str, ...]) -> FollowStart:
+    """The backlog of ``follow ARG`` and the ``tail -F`` that goes on from its end.
+
+    The backlog is read here, not by tail, so that it is complete before the
+    follow can be stopped, and tail starts at the byte after it: no line is
+    lost or sent twice. (A partial last line is left to tail, which sends it
+    once it is complete.) Raises :class:`Refused`.
+    """
+    count = _checked_source("follow", arg, source, tried)
+    try:
+        backlog, offset = _last_lines(source, count)
+    except OSError as exc:
+        raise Refused(protocol.error(str(exc))) from None
+    if backlog is None:
+        raise Refused(protocol.error("follow of %r: the last %d lines are over %d MiB; ask "
+                                     "for fewer lines" % (source, count,
+                                                          LASTLOG_MAX_BYTES >> 20)))
+    return FollowStart(protocol.log_lines(backlog),
+                       ["tail", "-c", "+%d" % (offset + 1), "-F", "--", source])
+
+
+def _last_lines(path: str, count: int) -> tuple[bytes | None, int]:
+    """The last ``count`` complete lines of ``path`` (None if over the limit), and the
+    offset just after them."""
+    with open(path, "rb") as f:
+        position = f.seek(0, os.SEEK_END)
+        chunks: list[bytes] = []
+        size = ends = 0
+        # Read backwards until count+1 line ends are in hand (or the file's start).
+        while position > 0 and ends <= count:
+            if size > LASTLOG_MAX_BYTES:
+                return None, 0
+            step = min(65536, position)
+            position -= step
+            f.seek(position)
+            chunk = f.read(step)
+            chunks.append(chunk)
+            size += len(chunk)
+            ends += chunk.count(b"\n")
+    data = b"".join(reversed(chunks))
+    cut = data.rfind(b"\n") + 1  # complete lines only
+    lines = data[:cut].split(b"\n")[:-1][-count:]
+    backlog = b"".join(line + b"\n" for line in lines)
+    if len(backlog) > LASTLOG_MAX_BYTES:
+        return None, 0
+    return backlog, position + cut
 
 
 def _unreadable(source: str) -> str | None:

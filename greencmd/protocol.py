@@ -18,6 +18,8 @@ __all__ = [
     "LINE_TOO_LONG", "TOO_MANY", "IDLE_TIMEOUT", "SHUTTING_DOWN", "ERROR_PREFIX",
     "LineBuffer", "Request", "parse_request", "parse_lastlog_count", "error",
     "hash_reply", "lastlog_reply", "is_error_reply", "ReplyScanner", "printable",
+    "BUILTIN_WORDS", "help_reply", "log_lines", "framed", "FollowLines", "FOLLOW_BEGIN",
+    "FOLLOW_END", "STATS_BEGIN", "STATS_END",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -27,17 +29,27 @@ DEFAULT_MAX_LINE = 8192
 LASTLOG_DEFAULT_LINES = 10
 LASTLOG_MAX_LINES = 1000
 
-#: Command word -> how ``help`` shows it. Both engines dispatch on these keys.
+#: Built-in command word -> how ``help`` shows it. Both engines dispatch on these keys.
 COMMAND_SYNTAX: dict[bytes, str] = {
     b"lastlog": "lastlog [N]",
+    b"follow": "follow [N]",
     b"comhash": "comhash PATH",
+    b"stats": "stats",
     b"help": "help",
     b"exit": "exit",
 }
 #: Words that end the session without a reply.
 EXIT_WORDS = frozenset({b"exit", b"quit"})
+#: Words no configured or plugin command may take (``auth`` is reserved for auth).
+BUILTIN_WORDS = frozenset(COMMAND_SYNTAX) | EXIT_WORDS | {b"auth"}
 
-HELP = ("Commands: " + ", ".join(COMMAND_SYNTAX.values()) + "\n").encode()
+
+def help_reply(extra: list[str] | tuple[str, ...] = ()) -> bytes:
+    """The ``help`` line: the built-ins, then ``extra`` (configured and plugin commands)."""
+    return ("Commands: " + ", ".join([*COMMAND_SYNTAX.values(), *extra]) + "\n").encode()
+
+
+HELP = help_reply()
 COMMAND_NOT_FOUND = b"Command not found.\n"
 NO_PATH = b"please provide a path.\n"
 LINE_TOO_LONG = b"Line too long.\n"
@@ -48,7 +60,10 @@ ERROR_PREFIX = b"An error occured: "
 HASH_PREFIX = b"File hash is : "
 LASTLOG_BEGIN = b"Begin lastlog\n"
 LASTLOG_END = b"End lastlog\n"
-LASTLOG_BAD_COUNT = "lastlog takes a line count from %d to %d" % (1, LASTLOG_MAX_LINES)
+FOLLOW_BEGIN = b"Begin follow\n"
+FOLLOW_END = b"End follow\n"
+STATS_BEGIN = b"Begin stats\n"
+STATS_END = b"End stats\n"
 
 #: First lines that make ``greencmd client`` exit 1: the request failed, or was
 #: not served (the server said bye instead).
@@ -131,8 +146,8 @@ def parse_request(line: bytes) -> Request | None:
     return Request(parts[0].lower(), arg)
 
 
-def parse_lastlog_count(arg: bytes) -> int:
-    """The N of ``lastlog [N]``. Raises ValueError with the reply's message."""
+def parse_lastlog_count(arg: bytes, command: str = "lastlog") -> int:
+    """The N of ``lastlog [N]`` or ``follow [N]``. Raises ValueError with the reply's message."""
     if not arg:
         return LASTLOG_DEFAULT_LINES
     # isdigit() on bytes is ASCII-only, so int() never sees "+5", " 5" or "٥";
@@ -140,7 +155,7 @@ def parse_lastlog_count(arg: bytes) -> int:
     digits = arg.lstrip(b"0")
     if arg.isdigit() and len(digits) <= 4 and 1 <= int(digits or b"0") <= LASTLOG_MAX_LINES:
         return int(digits)
-    raise ValueError(LASTLOG_BAD_COUNT)
+    raise ValueError("%s takes a line count from 1 to %d" % (command, LASTLOG_MAX_LINES))
 
 
 def error(message: str) -> bytes:
@@ -157,11 +172,69 @@ def hash_reply(hexdigest: str) -> bytes:
 
 def lastlog_reply(output: bytes) -> bytes:
     """Frame ``tail`` output as the ``lastlog`` reply, leaving out ``==`` lines."""
+    return LASTLOG_BEGIN + log_lines(output) + LASTLOG_END
+
+
+def log_lines(output: bytes) -> bytes:
+    """Log text as lastlog and follow send it: ``==`` lines left out, each line ending in LF."""
     lines = output.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
-    body = b"".join(line + b"\n" for line in lines if not line.startswith(b"=="))
-    return LASTLOG_BEGIN + body + LASTLOG_END
+    return b"".join(line + b"\n" for line in lines if not line.startswith(b"=="))
+
+
+def framed(name: str, body: bytes) -> bytes:
+    """``Begin NAME``, ``body`` (a last line without LF gets one), ``End NAME``."""
+    if body and not body.endswith(b"\n"):
+        body += b"\n"
+    return b"Begin %s\n%s" % (name.encode(), body) + b"End %s\n" % name.encode()
+
+
+class FollowLines:
+    """Cuts a followed log's output into the lines ``follow`` sends, as they complete.
+
+    ``==`` lines are left out, as lastlog does. A line is held until its LF
+    arrives, but never more than :data:`HOLD` bytes of it: past that, it is
+    passed on (or dropped, if it is an ``==`` line) as it comes, so a log line
+    of a gigabyte does not grow memory.
+    """
+
+    __slots__ = ("_held", "_long")
+
+    HOLD = 65536
+
+    def __init__(self) -> None:
+        self._held = b""
+        #: In an over-long line: True while passing it on, False while dropping it.
+        self._long: bool | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """The complete lines in ``data`` (with what was held), ready to send."""
+        out = b""
+        if self._long is not None:
+            end = data.find(b"\n")
+            rest = data if end < 0 else data[:end + 1]
+            out = rest if self._long else b""
+            if end < 0:
+                return out
+            data, self._long = data[end + 1:], None
+        data = self._held + data
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            out += log_lines(data[:cut])
+        self._held = data[cut:]
+        if len(self._held) > self.HOLD:
+            self._long = not self._held.startswith(b"==")
+            out += self._held if self._long else b""
+            self._held = b""
+        return out
+
+    def finish(self) -> bytes:
+        """At the end of the follow: the last, unfinished line, with an LF."""
+        held, self._held = self._held, b""
+        if self._long:
+            return b"\n"
+        return log_lines(held)
 
 
 class ReplyScanner:

@@ -21,6 +21,7 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from . import protocol
+from .children import kill_group
 from .commands import Runtime
 from .config import (
     BACKLOG,
@@ -71,7 +72,6 @@ class CommandServer(StreamServer):
         self.config = config
         self.runtime = Runtime.from_config(config)
         self.sessions: set[Session] = set()
-        self.accepted = 0
         self.closing = Event()
         self._reaper: gevent.Greenlet | None = None
         self._exhausted = AcceptFailureLog()
@@ -104,18 +104,22 @@ class CommandServer(StreamServer):
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
         """Serve one connection in this greenlet, from accept to close (or refuse it)."""
-        number, self.accepted = self.accepted, self.accepted + 1
+        stats = self.runtime.stats
+        number, stats.accepted = stats.accepted, stats.accepted + 1
         host = address[0]
         log_connection(host)
         if len(self.sessions) >= self.config.max_clients or self.closing.is_set():
+            stats.refused += 1
             refuse(sock, session_system(number, host))
             return
         session = Session(sock, host, number, self.config, self.runtime, self.closing)
         self.sessions.add(session)
+        stats.sessions_open += 1
         try:
             goodbye = session.run()
         finally:
             self.sessions.discard(session)  # a session saying goodbye holds no slot
+            stats.sessions_open -= 1
         session.conn.hang_up(goodbye)
 
     def _reap_idle_sessions(self) -> None:
@@ -140,10 +144,11 @@ class CommandServer(StreamServer):
     def shutdown(self, grace: float) -> None:
         """Stop accepting, let commands finish for ``grace`` seconds, then say bye.
 
-        Sessions waiting for a request get the bye at once; a session whose
-        command finishes in time says bye itself once it has sent the reply. Work
-        still running when the grace ends is abandoned (``tail`` killed, the hash
-        told to stop). Returns once every session is closed.
+        Sessions waiting for a request get the bye at once, and follows end at
+        once (``End follow``, then the bye); a session whose command finishes in
+        time says bye itself once it has sent the reply. Work still running when
+        the grace ends is abandoned (``tail`` killed, the hash told to stop).
+        Returns once every session is closed.
         """
         self.closing.set()
         self.close()
@@ -153,6 +158,8 @@ class CommandServer(StreamServer):
         for session in list(self.sessions):
             if session.waiting:
                 session.greenlet.kill(ShuttingDown, block=False)
+            elif session.following is not None:
+                kill_group(session.following)
         gevent.joinall(self._greenlets(), timeout=grace)
         gevent.killall(self._greenlets(), ShuttingDown, timeout=1)
         # Sessions say bye and linger; refusals linger too. Then the rest is cut off.

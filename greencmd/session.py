@@ -25,9 +25,11 @@ from gevent import GreenletExit
 from gevent.event import Event
 
 from . import protocol
-from .commands import COMMANDS, Runtime
+from .commands import Runtime
 from .config import ServerConfig
 from .connection import ClientGone, Connection, IdleTimeout, LineTooLong
+from .fast_subprocess import Popen
+from .follow import follow
 from .logs import CLEAN, IDLE, SHUTDOWN, TOO_LONG, log_lost, log_request, session_system
 
 __all__ = ["Session", "ShuttingDown"]
@@ -44,7 +46,8 @@ class ShuttingDown(GreenletExit):
 class Session:
     """One client connection, from accept to close."""
 
-    __slots__ = ("conn", "host", "system", "config", "runtime", "closing", "greenlet")
+    __slots__ = ("conn", "host", "system", "config", "runtime", "closing", "greenlet",
+                 "following")
 
     def __init__(self, sock: socket.socket, host: str, number: int, config: ServerConfig,
                  runtime: Runtime, closing: Event) -> None:
@@ -55,6 +58,8 @@ class Session:
         self.runtime = runtime
         self.closing = closing
         self.greenlet = gevent.getcurrent()
+        #: The ``tail -F`` of a follow in progress; the server kills it at shutdown.
+        self.following: Popen | None = None
 
     @property
     def waiting(self) -> bool:
@@ -96,18 +101,21 @@ class Session:
             if request.word in protocol.EXIT_WORDS:
                 return CLEAN
             conn.write(self.run_command(request))
+            self.runtime.stats.served(request.word)
         raise ShuttingDown()
 
     def run_command(self, request: protocol.Request) -> bytes:
         """The reply to ``request``; a reset while a command waits raises ClientGone."""
-        command = COMMANDS.get(request.word)
+        if request.word == b"follow":  # streams to the client until stopped
+            return follow(self, request.arg)
+        command = self.runtime.commands.get(request.word)
         if command is None:
             return protocol.COMMAND_NOT_FOUND
         if not command.waits:
-            return command.run(self.runtime, request.arg)
+            return command.run(self.runtime, request.arg, self.system)
         self.conn.flush()  # replies owed go out before a command that may take a while
         with watched_for_reset(self.conn.sock):
-            return command.run(self.runtime, request.arg)
+            return command.run(self.runtime, request.arg, self.system)
 
 
 @contextmanager

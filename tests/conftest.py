@@ -234,7 +234,7 @@ def sample_log(directory: Path) -> Path:
     return path
 
 
-HELP = b"Commands: lastlog [N], comhash PATH, help, exit\n"
+HELP = b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit\n"
 NOT_FOUND = b"Command not found.\n"
 BIG = 1 << 30  # sparse, so it costs no disk, but hashing it takes a while
 

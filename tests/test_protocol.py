@@ -2,8 +2,8 @@
 
 import pytest
 
-from greencmd import protocol
-from greencmd.commands import COMMANDS
+from greencmd import jobs, protocol
+from greencmd.commands import BUILTINS
 from greencmd.protocol import LineBuffer, Request, parse_request
 
 
@@ -112,8 +112,10 @@ def test_error_reply_is_one_line_and_keeps_path_bytes():
 
 
 def test_help_lists_every_command_the_dispatch_table_has():
-    assert protocol.HELP == b"Commands: lastlog [N], comhash PATH, help, exit\n"
-    assert set(COMMANDS) | {b"exit"} == set(protocol.COMMAND_SYNTAX)
+    assert protocol.HELP == (b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, "
+                             b"exit\n")
+    # follow streams and exit hangs up: the session handles those two itself.
+    assert set(BUILTINS) | {b"exit", b"follow"} == set(protocol.COMMAND_SYNTAX)
 
 
 @pytest.mark.parametrize("data, text", [
@@ -157,3 +159,69 @@ def scan(data: bytes, byte_at_a_time: bool = False) -> protocol.ReplyScanner:
 def test_reply_scanner_finds_error_replies_anywhere_in_the_stream(stream, failed, byte_at_a_time):
     scanner = scan(stream, byte_at_a_time)
     assert (scanner.failed, scanner.received) == (failed, bool(stream))
+
+
+def feed_all(pieces: list[bytes]) -> bytes:
+    lines = protocol.FollowLines()
+    return b"".join(lines.feed(piece) for piece in pieces) + lines.finish()
+
+
+@pytest.mark.parametrize("pieces, sent", [
+    ([b"a\nb\n"], b"a\nb\n"),
+    ([b"a", b"b\nc", b"\n"], b"ab\nc\n"),
+    ([b"==> x <==\nkept\n"], b"kept\n"),
+    ([b"=", b"= split header\nkept\n"], b"kept\n"),
+    ([b"unfinished"], b"unfinished\n"),
+    ([b""], b""),
+])
+def test_follow_lines_are_whole_and_leave_out_header_lines(pieces, sent):
+    assert feed_all(pieces) == sent
+
+
+def test_follow_lines_pass_on_a_giant_line_without_holding_it():
+    lines = protocol.FollowLines()
+    big = b"x" * (protocol.FollowLines.HOLD + 10)
+    assert lines.feed(big) == big  # passed on at once, not held
+    assert lines.feed(b"yy") == b"yy"
+    assert lines.feed(b"z\nnext\n") == b"z\nnext\n"
+    header = b"==" + big
+    assert lines.feed(header) == b""  # a giant header line is dropped whole
+    assert lines.feed(b"more\nafter\n") == b"after\n"
+    assert lines.finish() == b""
+
+
+def test_follow_start_reads_whole_lines_and_starts_tail_after_them(tmp_path):
+    source = tmp_path / "log"
+    source.write_bytes(b"1\n2\n==> h <==\n3\nhalf")
+    start = jobs.follow_start(b"2", str(source), (str(source),))
+    assert start.backlog == b"3\n"  # tail counts the header line, follow leaves it out
+    assert start.argv == ["tail", "-c", "+%d" % (len(b"1\n2\n==> h <==\n3\n") + 1), "-F",
+                          "--", str(source)]
+    everything = jobs.follow_start(b"1000", str(source), (str(source),))
+    assert everything.backlog == b"1\n2\n3\n"
+
+
+def test_follow_start_of_a_long_file_reads_only_its_end(tmp_path):
+    source = tmp_path / "log"
+    source.write_bytes(b"".join(b"line %d\n" % i for i in range(200000)))
+    start = jobs.follow_start(b"3", str(source), (str(source),))
+    assert start.backlog == b"line 199997\nline 199998\nline 199999\n"
+    assert start.argv[2] == "+%d" % (source.stat().st_size + 1)
+
+
+@pytest.mark.parametrize("content", [b"", b"no newline at all"])
+def test_follow_start_of_a_file_without_whole_lines(tmp_path, content):
+    source = tmp_path / "log"
+    source.write_bytes(content)
+    start = jobs.follow_start(b"", str(source), (str(source),))
+    assert start.backlog == b""
+    assert start.argv[2] == "+1"
+
+
+def test_follow_start_refuses_a_backlog_over_the_limit(tmp_path):
+    source = tmp_path / "log"
+    source.write_bytes((b"w" * 8191 + b"\n") * 1000)
+    with pytest.raises(jobs.Refused) as refused:
+        jobs.follow_start(b"1000", str(source), (str(source),))
+    assert refused.value.reply.startswith(b"An error occured: follow of '%s': the last 1000 "
+                                          b"lines are over 4 MiB" % bytes(source))

@@ -37,6 +37,7 @@ class Pair(NamedTuple):
 
 _SERVER, _SESSION, _CONNECTION, _COMMANDS = ("server.py", "session.py", "connection.py",
                                               "commands.py")
+_CHILDREN, _FOLLOW = "children.py", "follow.py"
 _TWIN, _PAGE, _PAGE_TWIN = ("compare/twisted_server.py", "compare/getpage.py",
                             "compare/getpage_twisted.py")
 
@@ -48,8 +49,23 @@ PAIRS = [
          Side(_CONNECTION, ("Connection.write", "Connection.flush")),
          Side(_TWIN, ("CmdSession.wait_for", "CmdSession.deliver"))),
     Pair("lastlog", "Run tail, collect its output, kill it if it takes too long.",
-         Side(_COMMANDS, ("lastlog", "run_tail", "read_capped", "kill_and_reap")),
-         Side(_TWIN, ("CmdSession.lastlog", "CmdSession.lastlog_timed_out", "TailProtocol"))),
+         Side(_COMMANDS, ("lastlog",)),
+         Side(_TWIN, ("CmdSession.lastlog", "CmdSession.lastlog_done",
+                      "CmdSession.child_failed"))),
+    Pair("children", "A child process: read stdout and stderr, time out, kill it and all it "
+         "started.",
+         Side(_CHILDREN, ("run", "read_capped", "read_last", "kill_group", "kill_and_reap")),
+         Side(_TWIN, ("spawn_child", "SessionChild", "ChildProtocol"))),
+    Pair("follow", "Follow the log. Stream tail -F to the client until a line stops it; "
+         "a client that stops reading stalls only its own follow.",
+         Side(_FOLLOW, ("follow", "wait_for_stop")),
+         Side(_TWIN, ("CmdSession.follow", "CmdSession.follow_ended", "CmdSession.end_follow",
+                      "CmdSession.pauseProducing", "CmdSession.resumeProducing",
+                      "CmdSession.stalled", "FollowProtocol"))),
+    Pair("plugin", "A plugin command: call a Python function, turn an exception into an error "
+         "line.",
+         Side(_COMMANDS, ("plugin",)),
+         Side(_TWIN, ("CmdSession.plugin", "CmdSession.plugin_failed"))),
     Pair("comhash", "Hash a file on a thread while other sessions go on.",
          Side(_COMMANDS, ("comhash",)),
          Side(_TWIN, ("CmdSession.comhash", "CmdSession.hash_done",

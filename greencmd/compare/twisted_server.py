@@ -11,7 +11,9 @@ path split between a callback and an errback.
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import shutil
 import signal
 import threading
 
@@ -53,58 +55,127 @@ from ..logs import (
     reopen_log_files,
     session_system,
 )
+from ..programs import OUTPUT_LIMIT, PluginCommand, ProgramCommand, load_extras, timed_out
+from ..stats import Stats
 
-__all__ = ["TailProtocol", "CmdSession", "CmdFactory", "run"]
+__all__ = ["ChildProtocol", "FollowProtocol", "CmdSession", "CmdFactory", "run"]
+
+SETSID = shutil.which("setsid") or "setsid"
 
 
-class TailProtocol(ProcessProtocol):
-    """Collects ``tail``'s output; ``done`` fires with the reply when it ends.
+def spawn_child(protocol: ProcessProtocol, argv: list[str]) -> None:
+    """Start ``argv`` in a session of its own, as the gevent engine does; raises OSError.
 
-    Cancelling ``done`` (timeout, client gone, shutdown) kills the child; the
-    reactor reaps it.
+    Twisted's spawnProcess has no start_new_session, so the child goes through
+    util-linux's ``setsid``, which becomes it. A program that does not exist is
+    reported before that, with the same words as the gevent engine's.
     """
+    if shutil.which(argv[0]) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+    reactor.spawnProcess(protocol, SETSID, [SETSID, "--", *argv], env=os.environ,
+                         childFDs={0: "w", 1: "r", 2: "r"})
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.done = defer.Deferred(lambda _: self.kill())
-        self.out: list[bytes] | None = []
-        self.err: list[bytes] = []
-        self.size = 0
+
+class SessionChild(ProcessProtocol):
+    """A child started by :func:`spawn_child`, which reads no stdin and can be killed
+    with everything it started."""
+
+    pid: int | None = None
 
     def connectionMade(self) -> None:
-        """tail reads no stdin."""
+        """Note the pid (the transport forgets it once the child is reaped); close stdin."""
+        self.pid = self.transport.pid
         self.transport.closeStdin()
 
+    def kill(self) -> None:
+        """SIGKILL the child and its session; never raises.
+
+        The child itself first: it may not have become a session leader yet.
+        The group also after the reactor reaped the child: Linux keeps a process
+        group's number while any process is still in the group.
+        """
+        try:
+            self.transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+        if self.pid is not None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+class ChildProtocol(SessionChild):
+    """Collects a child's output; ``done`` fires with a ``jobs.Finished`` when it ends.
+
+    Past ``limit`` bytes of stdout, ``done`` fails with TooMuchOutput. Cancelling
+    ``done`` (timeout, client gone, shutdown) kills the child and all it
+    started; so does the child's own exit, so that nothing it left behind
+    holds the pipes open. The reactor reaps it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.done = defer.Deferred(lambda _: self.kill())
+        self.out: list[bytes] = []
+        self.err = b""
+        self.size = 0
+
     def outReceived(self, data: bytes) -> None:
-        """Buffer output (framed once, at the end), up to the size limit."""
-        if self.out is None:
-            return
+        """Buffer output, up to the size limit."""
         self.size += len(data)
-        if self.size > jobs.LASTLOG_MAX_BYTES:
-            self.out = None
+        if self.size > self.limit:
+            self.out.clear()
             self.kill()
         else:
             self.out.append(data)
 
     def errReceived(self, data: bytes) -> None:
-        """Keep the start of stderr for the error message."""
-        if sum(map(len, self.err)) < 4096:
-            self.err.append(data)
+        """Keep the end of stderr for the error message."""
+        self.err = (self.err + data)[-jobs.STDERR_KEPT:]
+
+    def processExited(self, reason) -> None:
+        """The child is gone: end whatever it left running in its session."""
+        self.kill()
 
     def processEnded(self, reason) -> None:
-        """Fire ``done`` with the reply, unless it was cancelled already."""
+        """Fire ``done``, unless it was cancelled already."""
         if self.done.called:
             return
-        output = None if self.out is None else b"".join(self.out)
-        status = getattr(reason.value, "exitCode", None)
-        self.done.callback(jobs.lastlog_result(self.source, status, output, b"".join(self.err)))
+        if self.size > self.limit:
+            self.done.errback(jobs.TooMuchOutput())
+            return
+        status = reason.value.exitCode
+        if status is None:
+            status = -(reason.value.signal or 0)
+        self.done.callback(jobs.Finished(status, b"".join(self.out), self.err))
 
-    def kill(self) -> None:
-        """SIGKILL the child if it still runs."""
-        try:
-            self.transport.signalProcess("KILL")
-        except error.ProcessExitedAlready:
-            pass
+
+class FollowProtocol(SessionChild):
+    """``tail -F`` for a follow: streams its lines to the session as they come.
+
+    Flow control by hand: the session pauses and resumes the child's pipe as
+    the client's transport fills and drains. ``session.follow_ended`` is called
+    with the last bytes when the child is gone.
+    """
+
+    def __init__(self, session: CmdSession) -> None:
+        self.session = session
+        self.lines = protocol.FollowLines()
+
+    def outReceived(self, data: bytes) -> None:
+        """Pass complete lines on to the client."""
+        out = self.lines.feed(data)
+        if out:
+            self.session.transport.write(out)
+
+    def processEnded(self, reason) -> None:
+        """tail is gone (stopped, or by itself): the follow ends."""
+        self.session.follow_ended(self)
+
+    def stop(self) -> None:
+        """End the follow: kill tail (``processEnded`` follows)."""
+        self.kill()
 
 
 @implementer(IHalfCloseableProtocol)
@@ -129,8 +200,9 @@ class CmdSession(LineReceiver):
         self.dropped = 0
         self.idle_since = 0.0
         self.idle_timer = None
-        self.commands = {b"lastlog": self.lastlog, b"comhash": self.comhash,
-                         b"help": lambda arg: protocol.HELP}
+        self.following: FollowProtocol | None = None
+        self.stall_timer = None
+        self.commands = factory.commands_for(self)
 
     # -- connection life cycle ------------------------------------------------
 
@@ -139,6 +211,7 @@ class CmdSession(LineReceiver):
         self.factory.connection_opened(self)
         log_connection(self.host)
         if self.factory.is_full():
+            self.factory.stats.refused += 1
             self.transport.write(protocol.TOO_MANY)
             self.hang_up(REFUSED)
             return
@@ -152,9 +225,12 @@ class CmdSession(LineReceiver):
         self.factory.sessions.discard(self)
         self.factory.connection_closed(self)
         self.stop_idle_clock()
+        self.stop_stall_clock()
         self.paused = True
         if self.running is not None:
             self.running.cancel()
+        if self.following is not None:
+            self.end_follow()
         if self.reason is None:
             self.reason = CLEAN if reason.check(error.ConnectionDone) else RESET
         log_lost(self.reason, self.system)
@@ -165,6 +241,8 @@ class CmdSession(LineReceiver):
         self.eof = True
         if self.hanging_up:
             self.transport.loseConnection()
+        elif self.following is not None:
+            self.following.stop()
         elif not self.paused:
             self.finish_at_eof()
 
@@ -204,6 +282,11 @@ class CmdSession(LineReceiver):
                 self.transport.loseConnection()
             return
         super().dataReceived(data)
+        if self.following is not None:
+            # Any line stops a follow; so does a line too long to be one.
+            if b"\n" in self._buffer or len(self._buffer) > self.MAX_LENGTH:
+                self.following.stop()
+            return
         if self.paused and not self.reading_paused and len(self._buffer) > RECV_SIZE:
             self.reading_paused = True
             self.transport.pauseProducing()
@@ -228,12 +311,14 @@ class CmdSession(LineReceiver):
         command = self.commands.get(request.word)
         if command is None:
             self.transport.write(protocol.COMMAND_NOT_FOUND)
+            self.factory.stats.served(request.word)
             return
         reply = command(request.arg)
         if isinstance(reply, defer.Deferred):
-            self.wait_for(reply)
-        else:
+            self.wait_for(reply, request.word)
+        elif reply is not None:  # None: a follow began
             self.transport.write(reply)
+            self.factory.stats.served(request.word)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """Replies owed are written already (commands are held in order): refuse, close."""
@@ -243,14 +328,27 @@ class CmdSession(LineReceiver):
     # -- flow control, by hand ----------------------------------------------------
 
     def pauseProducing(self) -> None:
-        """The transport's write buffer is full: take no more lines, read no more."""
+        """The transport's write buffer is full: take no more lines, read no more.
+
+        In a follow, stop reading tail instead (and go on reading the client, for
+        its stop line); a client that takes nothing for the idle timeout is dropped.
+        """
         self.writes_blocked = True
         self.paused = True
+        if self.following is not None:
+            self.following.transport.pauseProducing()
+            if self.config.idle_timeout:
+                self.stall_timer = reactor.callLater(self.config.idle_timeout, self.stalled)
+            return
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         """The client took its replies: go on with the lines, unless a command runs."""
         self.writes_blocked = False
+        if self.following is not None:
+            self.stop_stall_clock()
+            self.following.transport.resumeProducing()
+            return
         if self.running is None and not self.hanging_up and not self.factory.closing:
             self.paused = self.reading_paused = False
             self.transport.resumeProducing()
@@ -260,13 +358,13 @@ class CmdSession(LineReceiver):
 
     # -- ordering, by hand ------------------------------------------------------
 
-    def wait_for(self, reply: defer.Deferred) -> None:
+    def wait_for(self, reply: defer.Deferred, word: bytes) -> None:
         """Take no more lines until ``reply`` is written: replies stay in order."""
         self.paused = True
         self.stop_idle_clock()
         self.running = reply
         reply.addErrback(self.command_failed)
-        reply.addCallback(self.deliver)
+        reply.addCallback(self.deliver, word)
 
     def command_failed(self, failure) -> bytes | None:
         """Errback: cancelled (client gone, shutdown) -> nothing; a bug -> an error line."""
@@ -275,13 +373,18 @@ class CmdSession(LineReceiver):
         log("Command failed: %s" % failure.getErrorMessage(), self.system)
         return protocol.error("internal error: %s" % failure.getErrorMessage())
 
-    def deliver(self, reply: bytes | None) -> None:
+    def deliver(self, reply: bytes | None, word: bytes) -> None:
         """Callback: write the reply, then take the next line."""
         self.running = None
         if reply is None or self.hanging_up:
             return
         self.transport.write(reply)
+        self.factory.stats.served(word)
         self.factory.session_idle()
+        self.take_next_line()
+
+    def take_next_line(self) -> None:
+        """A reply is written: go on with the lines the client sent meanwhile."""
         if self.factory.closing or self.writes_blocked:
             return  # resumeProducing goes on once the client reads
         self.paused = False
@@ -303,22 +406,129 @@ class CmdSession(LineReceiver):
         except jobs.Refused as refused:
             return refused.reply
         source, timeout = factory.lastlog_source, self.config.command_timeout
-        tail = TailProtocol(source)
+        tail = ChildProtocol(jobs.LASTLOG_MAX_BYTES)
         try:
-            reactor.spawnProcess(tail, argv[0], argv, env=os.environ,
-                                 childFDs={0: "w", 1: "r", 2: "r"})
+            spawn_child(tail, argv)
         except OSError as exc:  # out of descriptors, or no tail
             return protocol.error("cannot run tail: %s" % describe_os_error(exc))
         d = tail.done
         d.addTimeout(timeout, reactor)
-        d.addErrback(self.lastlog_timed_out, source, timeout)
+        d.addCallbacks(self.lastlog_done, self.child_failed, callbackArgs=(source,),
+                       errbackArgs=(jobs.lastlog_timed_out(source, timeout),
+                                    jobs.lastlog_result(source, None, None)))
         return d
 
     @staticmethod
-    def lastlog_timed_out(failure, source: str, timeout: float) -> bytes:
-        """Errback: turn the timeout into the error reply; pass other failures on."""
-        failure.trap(defer.TimeoutError)
-        return jobs.lastlog_timed_out(source, timeout)
+    def lastlog_done(tail: jobs.Finished, source: str) -> bytes:
+        """Callback: frame tail's output, or say why it failed."""
+        return jobs.lastlog_result(source, tail.status, tail.output, tail.errors)
+
+    @staticmethod
+    def child_failed(failure, timed_out: bytes, too_much: bytes) -> bytes:
+        """Errback: a timeout or too much output becomes its reply; the rest passes on."""
+        failure.trap(defer.TimeoutError, jobs.TooMuchOutput)
+        return timed_out if failure.check(defer.TimeoutError) else too_much
+
+    def program(self, spec: ProgramCommand, arg: bytes) -> bytes | defer.Deferred:
+        """A ``[commands.NAME]`` command: the same ProcessProtocol, other words."""
+        try:
+            argv = spec.argv(arg)
+        except jobs.Refused as refused:
+            return refused.reply
+        timeout = self.config.command_timeout
+        child = ChildProtocol(OUTPUT_LIMIT)
+        try:
+            spawn_child(child, argv)
+        except OSError as exc:
+            return spec.cannot_run(exc)
+        d = child.done
+        d.addTimeout(timeout, reactor)
+        d.addCallbacks(lambda done: spec.reply(*done), self.child_failed,
+                       errbackArgs=(timed_out(spec.name, timeout), spec.too_much()))
+        return d
+
+    def plugin(self, extra: PluginCommand, arg: bytes) -> defer.Deferred:
+        """A plugin command: deferToThread, an errback for what it raises, a timeout.
+
+        The timeout cannot stop the thread; it only stops the wait for it.
+        """
+        d = threads.deferToThread(extra.call, arg)
+        d.addTimeout(self.config.command_timeout, reactor)
+        d.addErrback(self.plugin_failed, extra)
+        return d
+
+    def plugin_failed(self, failure, extra: PluginCommand):
+        """Errback: an exception becomes the error line and one logged traceback."""
+        if failure.check(defer.CancelledError):
+            return failure
+        if failure.check(defer.TimeoutError):
+            return timed_out(extra.name, self.config.command_timeout)
+        return extra.failed(failure.value, failure.getTraceback(), self.system)
+
+    def stats(self, arg: bytes) -> bytes:
+        """``stats``: the factory's counters."""
+        stats = self.factory.stats
+        stats.sessions_open = len(self.factory.sessions)
+        return stats.reply()
+
+    # -- follow -------------------------------------------------------------------
+
+    def follow(self, arg: bytes) -> bytes | None:
+        """``follow [N]``: the backlog now, then tail -F streamed until a line stops it.
+
+        Returns an error reply, or None once the follow runs: the session takes
+        no lines meanwhile (it is paused); dataReceived watches for the stop line.
+        """
+        factory = self.factory
+        try:
+            start = jobs.follow_start(arg, factory.lastlog_source, factory.lastlog_tried)
+        except jobs.Refused as refused:
+            return refused.reply
+        tail = FollowProtocol(self)
+        try:
+            spawn_child(tail, start.argv)
+        except OSError as exc:
+            return protocol.error("cannot run tail: %s" % exc)
+        self.transport.write(protocol.FOLLOW_BEGIN + start.backlog)
+        self.following = tail
+        factory.stats.follows_open += 1
+        self.paused = True
+        self.stop_idle_clock()
+        if b"\n" in self._buffer or self.eof:  # pipelined: stop once the backlog is out
+            tail.stop()
+        return None
+
+    def follow_ended(self, tail: FollowProtocol) -> None:
+        """tail is gone: send ``End follow``, drop the stop line, take the next line."""
+        if self.following is not tail:
+            return  # ended already (shutdown, or the client is gone)
+        self.end_follow()
+        line, newline, rest = self._buffer.partition(b"\n")
+        if newline or self.eof:
+            self._buffer = rest  # the stop line gets no reply
+        self.take_next_line()
+
+    def end_follow(self) -> None:
+        """Write the follow's last bytes and ``End follow``; kill tail if it still runs."""
+        tail, self.following = self.following, None
+        self.factory.stats.follows_open -= 1
+        self.factory.stats.served(b"follow")
+        self.stop_stall_clock()
+        tail.stop()
+        if not self.hanging_up:
+            self.transport.write(tail.lines.finish() + protocol.FOLLOW_END)
+
+    def stalled(self) -> None:
+        """Timer: the client took nothing of its follow for the idle timeout; drop it."""
+        self.stall_timer = None
+        self.reason = IDLE
+        self.transport.abortConnection()
+
+    def stop_stall_clock(self) -> None:
+        """The client reads again, or the follow ended."""
+        if self.stall_timer is not None and self.stall_timer.active():
+            self.stall_timer.cancel()
+        self.stall_timer = None
 
     def comhash(self, arg: bytes) -> bytes | defer.Deferred:
         """``comhash PATH``: deferToThread, then a callback and an errback.
@@ -378,6 +588,8 @@ class CmdSession(LineReceiver):
         """At shutdown: abandon a command still running, send the bye, close."""
         if self.running is not None:
             self.running.cancel()
+        if self.following is not None:
+            self.end_follow()
         if not self.hanging_up:
             self.transport.write(protocol.SHUTTING_DOWN)
             self.hang_up(SHUTDOWN)
@@ -389,17 +601,30 @@ class CmdFactory(ServerFactory):
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.lastlog_source, self.lastlog_tried = choose_lastlog_source(config)
+        self.extras = load_extras(config.commands)
+        self.help = self.extras.help()
+        self.stats = Stats("twisted", config.max_clients, self.extras.names())
         self.sessions: set[CmdSession] = set()
         self.connected: set[CmdSession] = set()  # sessions, refusals, lingering hang-ups
-        self.accepted = 0
         self.closing = False
         self.port = None
         self.idle: defer.Deferred | None = None
 
     def buildProtocol(self, addr) -> CmdSession:
         """Number every accepted connection, refused ones included."""
-        number, self.accepted = self.accepted, self.accepted + 1
+        number, self.stats.accepted = self.stats.accepted, self.stats.accepted + 1
         return CmdSession(self, number, addr.host)
+
+    def commands_for(self, session: CmdSession) -> dict:
+        """A session's dispatch table: word -> method that returns a reply or a Deferred."""
+        commands = {b"lastlog": session.lastlog, b"comhash": session.comhash,
+                    b"help": lambda arg: self.help, b"stats": session.stats,
+                    b"follow": session.follow}
+        for spec in self.extras.programs:
+            commands[spec.word] = functools.partial(session.program, spec)
+        for extra in self.extras.plugins:
+            commands[extra.word] = functools.partial(session.plugin, extra)
+        return commands
 
     def connection_opened(self, session: CmdSession) -> None:
         """Track a connection; stop accepting while sessions and refusals fill the bound."""

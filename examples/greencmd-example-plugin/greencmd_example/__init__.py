@@ -1,0 +1,1 @@
+"""Example greencmd plugin commands (see commands.py)."""

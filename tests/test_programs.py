@@ -1,0 +1,179 @@
+"""Commands from the config file: real programs, no shell, no options from the client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+from conftest import read_until, wait_until
+
+#: A sleep with an argument no other process has, so the test can look for it.
+MARK = "1234.567"
+
+
+def config_text(tmp_path) -> str:
+    return """
+[commands.Hello]
+run = ["echo", "hello world"]
+
+[commands.record]
+run = ["sh", "-c", "echo \\"$@\\" >> %(dir)s/ran.txt; echo recorded \\"$@\\"", "record"]
+args = "append"
+help = "record WORDS"
+
+[commands.fail]
+run = ["sh", "-c", "echo out; echo first >&2; echo 'last words' >&2; exit 3"]
+
+[commands.quietfail]
+run = ["sh", "-c", "echo only stdout; exit 4"]
+
+[commands.killed]
+run = ["sh", "-c", "kill -9 $$"]
+
+[commands.nonl]
+run = ["printf", "no newline"]
+
+[commands.missing]
+run = ["%(dir)s/no-such-program"]
+
+[commands.flood]
+run = ["head", "-c", "10000000", "/dev/zero"]
+
+[commands.forever]
+run = ["sleep", "%(mark)s"]
+
+[commands.grandchild]
+run = ["sh", "-c", "sleep %(mark)s & echo started"]
+""" % {"dir": tmp_path, "mark": MARK}
+
+
+@pytest.fixture
+def programs(start_server, tmp_path):
+    path = tmp_path / "commands.toml"
+    path.write_text(config_text(tmp_path))
+
+    def start(*args: str):
+        return start_server("--config", str(path), *args)
+
+    yield start
+    wait_until(lambda: not marked_processes(), message="no program left running")
+
+
+def marked_processes() -> list[str]:
+    found = subprocess.run(["pgrep", "-f", "sleep " + MARK], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def test_help_lists_configured_commands_after_the_built_ins(programs):
+    server = programs()
+    assert server.talk(b"help\n") == (
+        b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit, Hello, "
+        b"record WORDS, fail, quietfail, killed, nonl, missing, flood, forever, grandchild\n")
+
+
+def test_output_is_framed_with_the_name_as_written_in_any_case(programs):
+    server = programs()
+    reply = b"Begin Hello\nhello world\nEnd Hello\n"
+    assert server.talk(b"hello\nHELLO\n") == reply + reply
+
+
+def test_a_last_line_without_newline_gets_one(programs):
+    assert programs().talk(b"nonl\n") == b"Begin nonl\nno newline\nEnd nonl\n"
+
+
+def test_args_none_refuses_an_argument(programs):
+    assert programs().talk(b"hello there\n") == (
+        b"An error occured: Hello takes no arguments\n")
+
+
+def test_args_append_adds_each_word(programs, tmp_path):
+    server = programs()
+    assert server.talk(b"record a  b\tc\n") == b"Begin record\nrecorded a b c\nEnd record\n"
+    assert (tmp_path / "ran.txt").read_bytes() == b"a b c\n"
+
+
+@pytest.mark.parametrize("words", [b"-rf", b"--help", b"ok -x", b"-"])
+def test_words_starting_with_a_dash_are_refused_before_anything_runs(programs, tmp_path,
+                                                                     words):
+    server = programs()
+    assert server.talk(b"record " + words + b"\n") == (
+        b"An error occured: record: arguments may not start with '-'\n")
+    assert not (tmp_path / "ran.txt").exists()
+
+
+def test_shell_syntax_is_passed_as_plain_words(programs, tmp_path):
+    server = programs()
+    assert server.talk(b"record $(id) ;rm *\n") == (
+        b"Begin record\nrecorded $(id) ;rm *\nEnd record\n")
+
+
+def test_a_failing_program_gives_its_status_and_last_stderr_line(programs):
+    server = programs()
+    assert server.talk(b"fail\nquietfail\nkilled\n") == (
+        b"An error occured: fail exited with status 3: last words\n"
+        b"An error occured: quietfail exited with status 4: only stdout\n"
+        b"An error occured: killed was killed by signal 9\n")
+
+
+def test_a_missing_program_cannot_run(programs, tmp_path):
+    assert programs().talk(b"missing\n") == (
+        b"An error occured: cannot run missing: [Errno 2] No such file or directory: "
+        b"'%s/no-such-program'\n" % bytes(tmp_path))
+
+
+def test_ten_megabytes_of_output_are_refused(programs):
+    server = programs()
+    assert server.talk(b"flood\nhello\n") == (
+        b"An error occured: flood printed over 4 MiB; stopped\n"
+        b"Begin Hello\nhello world\nEnd Hello\n")
+    wait_until(lambda: not server.children(), message="flood reaped")
+
+
+def test_a_program_that_never_ends_is_killed_at_the_command_timeout(programs):
+    server = programs("--command-timeout", "1")
+    started = time.monotonic()
+    assert server.talk(b"forever\n") == (
+        b"An error occured: forever did not finish within 1 seconds; stopped\n")
+    assert time.monotonic() - started < 5
+    wait_until(lambda: not marked_processes(), message="sleep killed")
+
+
+def test_a_grandchild_holding_the_pipe_does_not_hold_the_reply(programs):
+    server = programs("--command-timeout", "20")
+    started = time.monotonic()
+    assert server.talk(b"grandchild\n") == b"Begin grandchild\nstarted\nEnd grandchild\n"
+    assert time.monotonic() - started < 5
+    wait_until(lambda: not marked_processes(), message="the grandchild killed")
+
+
+def test_a_reset_kills_the_program_and_all_it_started(programs):
+    server = programs()
+    sock = server.connect()
+    sock.sendall(b"forever\n")
+    wait_until(lambda: marked_processes(), message="sleep started")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+    wait_until(lambda: not marked_processes(), message="sleep killed")
+    wait_until(lambda: not server.children(), message="reaped")
+
+
+def test_stats_count_configured_commands_by_lower_case_name(programs):
+    server = programs()
+    server.talk(b"hello\nHello\nrecord x\n")
+    stats = server.talk(b"stats\n")
+    assert b"\ncommand_hello 2\n" in stats
+    assert b"\ncommand_record 1\n" in stats
+
+
+def test_the_program_gets_no_stdin_and_its_own_session(programs, tmp_path):
+    path = tmp_path / "more.toml"
+    path.write_text('[commands.who]\nrun = ["sh", "-c", "cat; ps -o sid= -p $$"]\n')
+    server = programs("--config", str(path))
+    with server.connect() as sock:
+        sock.sendall(b"who\n")
+        reply = read_until(sock, b"End who\n")
+    sid = int(reply.split(b"\n")[1])
+    assert sid != os.getsid(server.proc.pid)
