@@ -77,14 +77,12 @@ class Connection:
         then until a line is complete: bytes that trickle in without a line feed
         do not restart it.
         """
-        if self.lines:
-            return self._pop_line()
-        self.flush()
-        self.idle_since = time.monotonic()
-        try:
-            return self.next_line()
-        finally:
-            self.idle_since = None
+        if not self.lines:  # it must wait: replies owed go out, the idle clock runs
+            self.flush()
+            self.idle_since = time.monotonic()
+        line = self.next_line()
+        self.idle_since = None  # (after an exception, hang_up clears it)
+        return line
 
     def next_line(self) -> bytes | None:
         """The next line the client sends (``None`` at EOF), without flushing or idle clock.

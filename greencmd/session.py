@@ -88,7 +88,7 @@ class Session:
 
     def serve(self) -> str:
         """Answer request after request; the log's reason once the client is done."""
-        conn = self.conn
+        conn, served = self.conn, self.runtime.stats.served
         while not self.closing.is_set():
             line = conn.read_line()
             if line is None:
@@ -101,7 +101,7 @@ class Session:
             if request.word in protocol.EXIT_WORDS:
                 return CLEAN
             conn.write(self.run_command(request))
-            self.runtime.stats.served(request.word)
+            served(request.word)
         raise ShuttingDown()
 
     def run_command(self, request: protocol.Request) -> bytes:
