@@ -65,7 +65,7 @@ def is_follow(line: bytes) -> bool:
 
 
 def follow(host: str, port: int, timeout: float, line: bytes, out: BinaryIO) -> int:
-    """``follow [N]``: print lines as they come until Ctrl-C, which stops the follow cleanly.
+    """``follow [N]``: print lines as they come until Ctrl-C (or SIGTERM), which stops it cleanly.
 
     No reply timeout while following (a log may be quiet for hours), and no
     half-close after the request (EOF would stop the follow). Ctrl-C sends the
@@ -73,6 +73,7 @@ def follow(host: str, port: int, timeout: float, line: bytes, out: BinaryIO) -> 
     """
     where = "%s:%d" % (host, port)
     replies = protocol.ReplyScanner()
+    signal.signal(signal.SIGTERM, _interrupt)  # kill stops it as cleanly as Ctrl-C
     with connect(host, port, timeout) as sock:
         try:
             _send_or_close(sock, line + b"\n", where)
@@ -83,12 +84,17 @@ def follow(host: str, port: int, timeout: float, line: bytes, out: BinaryIO) -> 
                 out.flush()
             return _status(replies, True, where)  # the server ended it (shutdown, an error)
         except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback
+            for signum in (signal.SIGINT, signal.SIGTERM):  # a second one: no traceback
+                signal.signal(signum, signal.SIG_IGN)
         sock.settimeout(timeout)
         _send_or_close(sock, b"\n", where)  # the stop line
         _send_or_close(sock, b"", where)  # then no more requests: the server closes
         _copy_replies(sock, out, timeout, where, replies)
     return _status(replies, True, where)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt()
 
 
 def interact(host: str, port: int, timeout: float, stdin_fd: int, out: BinaryIO) -> int:
