@@ -16,6 +16,7 @@ import click
 from click.core import ParameterSource
 
 from . import __version__, client, protocol
+from .auth import is_loopback, read_token_file
 from .config import ServerConfig
 from .errors import BindError, describe_os_error
 
@@ -116,15 +117,23 @@ def cli() -> None:
 @_option("--workers", default=1, type=click.IntRange(1),
          help="Server processes sharing the port (gevent engine); --max-clients "
               "applies to each.")
+@_option("--auth-token-file", default=None, type=click.Path(dir_okay=False),
+         show_default="none",
+         help="File whose first line is the token (16+ characters) every session must "
+              "send first as 'auth TOKEN'. Must not be readable by others (chmod 600).")
+@_option("--no-auth", is_flag=True, default=False,
+         help="Allow a --host other than loopback without --auth-token-file.")
 @_option("--config", default=None, is_eager=True, expose_value=True, callback=_read_config,
          type=click.Path(dir_okay=False), show_default="none",
          help="A TOML file: serve options in a [serve] table (same names), commands in "
               "[commands.NAME] tables. The command line and the environment win over it.")
 @click.pass_context
 def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
-          **options: object) -> None:
+          auth_token_file: str | None, no_auth: bool, **options: object) -> None:
     """Run the server in the foreground until SIGTERM or SIGINT; log to stdout."""
     from . import logs
+
+    token = _token(auth_token_file, str(options["host"]), no_auth)
 
     if workers > 1 and engine != "gevent":
         raise click.UsageError("--workers is for the gevent engine only.")
@@ -143,7 +152,7 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
         options["log_file"] = ""
     if options["log_file"] is None:
         options["log_file"] = logs.default_log_file()
-    config = ServerConfig(commands=config,
+    config = ServerConfig(commands=config, auth_token=token,
                           **{k: v if v != "" else None for k, v in options.items()})
     # With --workers, each process would rotate on its own: logrotate and SIGHUP instead.
     max_bytes = config.log_max_size if workers == 1 else 0
@@ -153,6 +162,9 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
         raise click.BadParameter("cannot open %s: %s" % (config.log_file, exc.strerror),
                                  param_hint="--log-file") from None
     logs.log("Log opened.")
+    if token is not None and not is_loopback(config.host):
+        logs.log("Warning: serving %s with a token but without TLS: the token crosses the "
+                 "network in clear text" % config.host)
     if workers > 1 and config.log_file and config.log_max_size:
         logs.log("Log rotation by size is off with --workers; rotate with logrotate and "
                  "SIGHUP")
@@ -161,6 +173,19 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
     except BindError as exc:
         click.echo("greencmd: %s" % exc, err=True)
         sys.exit(EXIT_CANNOT_BIND)
+
+
+def _token(path: str | None, host: str, no_auth: bool) -> bytes | None:
+    """The auth token, or None; refuses (exit 2) a bad token file or an open non-loopback host."""
+    if path:
+        try:
+            return read_token_file(path)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--auth-token-file") from None
+    if not no_auth and not is_loopback(host):
+        raise click.UsageError("refusing to serve %s without --auth-token-file (pass --no-auth "
+                               "to serve anyone who can connect)" % host)
+    return None
 
 
 def _engine(name: str):
@@ -182,8 +207,12 @@ def _engine(name: str):
 @_port
 @click.option("--timeout", default=10.0, type=click.FloatRange(0, min_open=True),
               show_default=True, help="Seconds to wait for the connection and for each reply.")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False),
+              help="Send 'auth TOKEN' first, with the token on this file's first line "
+                   "(or in GREENCMD_TOKEN).")
 @click.argument("command", nargs=-1)
-def client_command(host: str, port: int, timeout: float, command: tuple[str, ...]) -> None:
+def client_command(host: str, port: int, timeout: float, token_file: str | None,
+                   command: tuple[str, ...]) -> None:
     """Send COMMAND and print the reply; with no COMMAND, act like netcat on stdin.
 
     ``follow [N]`` prints lines as they come, until Ctrl-C stops it cleanly.
@@ -194,18 +223,33 @@ def client_command(host: str, port: int, timeout: float, command: tuple[str, ...
     line = " ".join(command)
     if "\n" in line or "\r" in line:
         raise click.UsageError("COMMAND must be one line; it contains a line break.")
+    token = _client_token(token_file)
     out = click.get_binary_stream("stdout")
     try:
         if command and client.is_follow(os.fsencode(line)):
-            status = client.follow(host, port, timeout, os.fsencode(line), out)
+            status = client.follow(host, port, timeout, os.fsencode(line), out, token)
         elif command:
-            status = client.request(host, port, timeout, os.fsencode(line), out)
+            status = client.request(host, port, timeout, os.fsencode(line), out, token)
         else:
-            status = client.interact(host, port, timeout, sys.stdin.fileno(), out)
+            status = client.interact(host, port, timeout, sys.stdin.fileno(), out, token)
     except client.ClientError as exc:
         click.echo("greencmd: %s" % exc, err=True)
         status = client.UNREACHABLE
+    except client.Refused as exc:
+        click.echo("greencmd: %s" % exc, err=True)
+        status = client.FAILED
     sys.exit(status)
+
+
+def _client_token(path: str | None) -> bytes | None:
+    """The token from --token-file, else GREENCMD_TOKEN, else None; exit 2 if unusable."""
+    if path:
+        try:
+            return read_token_file(path)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--token-file") from None
+    token = os.environ.get("GREENCMD_TOKEN", "").strip()
+    return os.fsencode(token) if token else None
 
 
 def _pair_names() -> list[str]:

@@ -43,10 +43,43 @@ def connect(host: str, port: int, timeout: float) -> socket.socket:
     return sock
 
 
-def request(host: str, port: int, timeout: float, line: bytes, out: BinaryIO) -> int:
+class Refused(Exception):
+    """The server refused our token; the message is its line (client exit 1)."""
+
+
+def open_session(host: str, port: int, timeout: float, token: bytes | None) -> socket.socket:
+    """A connected socket, authenticated first when there is a token.
+
+    Raises ClientError, or Refused with the server's line when the token is refused.
+    """
+    sock = connect(host, port, timeout)
+    if token is None:
+        return sock
+    where = "%s:%d" % (host, port)
+    try:
+        _send_or_close(sock, b"auth " + token + b"\n", where)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            data = _recv(sock, timeout, where)
+            if not data:
+                break
+            reply += data
+    except BaseException:
+        sock.close()
+        raise
+    if reply != protocol.AUTHENTICATED:
+        sock.close()
+        if not reply:
+            raise ClientError("%s closed the connection without a reply" % where)
+        raise Refused("%s: %s" % (where, reply.decode("utf-8", "replace").strip()))
+    return sock
+
+
+def request(host: str, port: int, timeout: float, line: bytes, out: BinaryIO,
+            token: bytes | None = None) -> int:
     """Send one request line, copy the whole reply to ``out``; return the exit code."""
     where = "%s:%d" % (host, port)
-    with connect(host, port, timeout) as sock:
+    with open_session(host, port, timeout, token) as sock:
         try:
             sock.sendall(line + b"\n")
             # "No more requests": the server answers, then closes.
@@ -64,7 +97,8 @@ def is_follow(line: bytes) -> bool:
     return request is not None and request.word == b"follow"
 
 
-def follow(host: str, port: int, timeout: float, line: bytes, out: BinaryIO) -> int:
+def follow(host: str, port: int, timeout: float, line: bytes, out: BinaryIO,
+           token: bytes | None = None) -> int:
     """``follow [N]``: print lines as they come until Ctrl-C (or SIGTERM), which stops it cleanly.
 
     No reply timeout while following (a log may be quiet for hours), and no
@@ -74,7 +108,7 @@ def follow(host: str, port: int, timeout: float, line: bytes, out: BinaryIO) -> 
     where = "%s:%d" % (host, port)
     replies = protocol.ReplyScanner()
     signal.signal(signal.SIGTERM, _interrupt)  # kill stops it as cleanly as Ctrl-C
-    with connect(host, port, timeout) as sock:
+    with open_session(host, port, timeout, token) as sock:
         try:
             _send_or_close(sock, line + b"\n", where)
             sock.settimeout(None)
@@ -97,7 +131,8 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt()
 
 
-def interact(host: str, port: int, timeout: float, stdin_fd: int, out: BinaryIO) -> int:
+def interact(host: str, port: int, timeout: float, stdin_fd: int, out: BinaryIO,
+             token: bytes | None = None) -> int:
     """Netcat-like: send stdin as it comes, print replies as they come.
 
     Ends when the server closes; at EOF on stdin the sending side is closed and
@@ -105,7 +140,8 @@ def interact(host: str, port: int, timeout: float, stdin_fd: int, out: BinaryIO)
     makes the exit status 1.
     """
     where = "%s:%d" % (host, port)
-    with connect(host, port, timeout) as sock, selectors.DefaultSelector() as sel:
+    with open_session(host, port, timeout, token) as sock, \
+            selectors.DefaultSelector() as sel:
         try:
             sel.register(stdin_fd, selectors.EVENT_READ)
         except PermissionError:  # a regular file or /dev/null: epoll cannot watch it

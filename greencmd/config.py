@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import protocol
 
@@ -47,6 +47,8 @@ class ServerConfig:
     quiet: bool = False
     #: Commands from the ``--config`` file (``programs.ProgramCommand``).
     commands: tuple = ()
+    #: The token ``auth`` must present (from ``--auth-token-file``); None: no auth.
+    auth_token: bytes | None = field(default=None, repr=False)
 
 
 def choose_lastlog_source(config: ServerConfig) -> tuple[str | None, tuple[str, ...]]:

@@ -33,8 +33,8 @@ from . import protocol
 from .config import LINGER_BYTES, LINGER_SECONDS, RECV_SIZE
 from .logs import IDLE, RESET
 
-__all__ = ["Connection", "LineTooLong", "IdleTimeout", "ClientGone", "nothing_unread",
-           "nothing_pending", "linger"]
+__all__ = ["Connection", "LineTooLong", "IdleTimeout", "ClientGone", "OtherProtocol",
+           "nothing_unread", "nothing_pending", "linger"]
 
 
 class LineTooLong(Exception):
@@ -43,6 +43,14 @@ class LineTooLong(Exception):
 
 class IdleTimeout(Exception):
     """The client sent no complete line within ``--idle-timeout``."""
+
+
+class OtherProtocol(Exception):
+    """The client speaks another protocol (``name``: HTTP, TLS); end at once, no reply."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
 class ClientGone(Exception):
@@ -56,7 +64,8 @@ class ClientGone(Exception):
 class Connection:
     """Lines from a client socket, replies to it; see the module's docstring."""
 
-    __slots__ = ("sock", "idle_timeout", "lines", "buffer", "owed", "eof", "idle_since")
+    __slots__ = ("sock", "idle_timeout", "lines", "buffer", "owed", "eof", "idle_since",
+                 "fresh")
 
     def __init__(self, sock: socket.socket, max_line: int, idle_timeout: float) -> None:
         self.sock = sock
@@ -69,6 +78,7 @@ class Connection:
         #: When read_line() began to wait for the client's next line; None while
         #: it does not wait (a command runs, or lines are at hand).
         self.idle_since: float | None = None
+        self.fresh = True  # nothing received yet: the first bytes are checked
 
     def read_line(self) -> bytes | None:
         """The next request line, without its line end; ``None`` once the client closed.
@@ -95,6 +105,11 @@ class Connection:
             if self.eof:
                 return None
             data = self._receive()
+            if self.fresh:
+                self.fresh = False
+                suspect = protocol.other_protocol_start(data)
+                if suspect:
+                    raise OtherProtocol(suspect)
             self.eof = not data
             lines = self.buffer.feed(data) if data else self.buffer.finish()
             if len(lines) == 1:  # the usual case: one request per read

@@ -33,6 +33,13 @@ IDLE = "Idle timeout."
 TOO_LONG = "Line too long."
 REFUSED = "Refused: too many connections."
 SHUTDOWN = "Server shutting down."
+AUTH_FAILED = "Authentication failed."
+AUTH_REQUIRED = "Authentication required."
+
+
+def other_protocol_reason(name: str) -> str:
+    """The log's reason for a session ended because it spoke another protocol."""
+    return "Suspected %s on the command port; closed without a reply." % name
 
 
 class TwistedFormatter(logging.Formatter):

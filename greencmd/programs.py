@@ -213,6 +213,7 @@ class Extras(NamedTuple):
     def names(self) -> dict[bytes, str]:
         """Every command word that ``stats`` counts, with its name."""
         names = {word: word.decode() for word in protocol.COMMAND_SYNTAX if word != b"exit"}
+        names[b"auth"] = "auth"
         for command in (*self.programs, *self.plugins):
             names[command.word] = command.name
         return names

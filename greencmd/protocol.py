@@ -10,6 +10,7 @@ for users; the replies keep the original tutorial's spelling
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple
 
 __all__ = [
@@ -19,7 +20,8 @@ __all__ = [
     "LineBuffer", "Request", "parse_request", "parse_lastlog_count", "error",
     "hash_reply", "lastlog_reply", "is_error_reply", "ReplyScanner", "printable",
     "BUILTIN_WORDS", "help_reply", "log_lines", "framed", "FollowLines", "FOLLOW_BEGIN",
-    "FOLLOW_END", "STATS_BEGIN", "STATS_END",
+    "FOLLOW_END", "STATS_BEGIN", "STATS_END", "AUTHENTICATED", "AUTH_FAILED", "AUTH_REQUIRED",
+    "loggable", "other_protocol", "other_protocol_start",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -56,6 +58,9 @@ LINE_TOO_LONG = b"Line too long.\n"
 TOO_MANY = b"Too many connections, bye!\n"
 IDLE_TIMEOUT = b"Idle timeout, bye!\n"
 SHUTTING_DOWN = b"Server shutting down, bye!\n"
+AUTHENTICATED = b"Authenticated.\n"
+AUTH_FAILED = b"Authentication failed.\n"
+AUTH_REQUIRED = b"Authentication required.\n"
 ERROR_PREFIX = b"An error occured: "
 HASH_PREFIX = b"File hash is : "
 LASTLOG_BEGIN = b"Begin lastlog\n"
@@ -68,7 +73,7 @@ STATS_END = b"End stats\n"
 #: First lines that make ``greencmd client`` exit 1: the request failed, or was
 #: not served (the server said bye instead).
 ERROR_REPLIES = (ERROR_PREFIX, COMMAND_NOT_FOUND, NO_PATH, LINE_TOO_LONG, TOO_MANY,
-                 SHUTTING_DOWN, IDLE_TIMEOUT)
+                 SHUTTING_DOWN, IDLE_TIMEOUT, AUTH_FAILED, AUTH_REQUIRED)
 
 
 class LineBuffer:
@@ -144,6 +149,32 @@ def parse_request(line: bytes) -> Request | None:
         return None
     arg = parts[1].strip() if len(parts) > 1 else b""
     return Request(parts[0].lower(), arg)
+
+
+def loggable(request: Request, line: bytes) -> bytes:
+    """What the log shows of a request line: never an ``auth`` token."""
+    return b"auth ********" if request.word == b"auth" else line
+
+
+_HTTP_REQUEST = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ \S+ HTTP/\d(\.\d)?")
+
+
+def other_protocol(request: Request, line: bytes) -> str | None:
+    """The protocol ``line`` belongs to if it is not ours (HTTP), else None.
+
+    An HTTP request line (any method) or a ``Host:`` header: a browser that a web
+    page tricked into posting to the port. The session must end before the
+    body's lines are taken for commands.
+    """
+    if request.word.startswith(b"host:") or b"HTTP/" in line and _HTTP_REQUEST.fullmatch(
+            line.strip()):
+        return "HTTP"
+    return None
+
+
+def other_protocol_start(data: bytes) -> str | None:
+    """The protocol a connection's first bytes belong to if not ours (TLS), else None."""
+    return "TLS" if data[:2] == b"\x16\x03" else None
 
 
 def parse_lastlog_count(arg: bytes, command: str = "lastlog") -> int:

@@ -24,13 +24,22 @@ import gevent
 from gevent import GreenletExit
 from gevent.event import Event
 
-from . import protocol
+from . import auth, protocol
 from .commands import Runtime
 from .config import ServerConfig
-from .connection import ClientGone, Connection, IdleTimeout, LineTooLong
+from .connection import ClientGone, Connection, IdleTimeout, LineTooLong, OtherProtocol
 from .fast_subprocess import Popen
 from .follow import follow
-from .logs import CLEAN, IDLE, SHUTDOWN, TOO_LONG, log_lost, log_request, session_system
+from .logs import (
+    CLEAN,
+    IDLE,
+    SHUTDOWN,
+    TOO_LONG,
+    log_lost,
+    log_request,
+    other_protocol_reason,
+    session_system,
+)
 
 __all__ = ["Session", "ShuttingDown"]
 
@@ -83,12 +92,18 @@ class Session:
             reason, goodbye = SHUTDOWN, protocol.SHUTTING_DOWN
         except ClientGone as gone:
             reason, goodbye = gone.reason, None
+        except auth.NotAuthenticated as refused:
+            reason, goodbye = refused.reason, refused.goodbye
+        except OtherProtocol as other:  # no reply, but a FIN: linger past what it sent
+            reason, goodbye = other_protocol_reason(other.name), b""
         log_lost(reason, self.system)
         return goodbye
 
     def serve(self) -> str:
         """Answer request after request; the log's reason once the client is done."""
         conn, served = self.conn, self.runtime.stats.served
+        token = self.config.auth_token
+        authenticated = token is None
         while not self.closing.is_set():
             line = conn.read_line()
             if line is None:
@@ -96,11 +111,18 @@ class Session:
             request = protocol.parse_request(line)
             if request is None:
                 continue
+            suspect = protocol.other_protocol(request, line)
+            if suspect:
+                raise OtherProtocol(suspect)
             if not self.config.quiet:
-                log_request(self.host, line, self.system)
+                log_request(self.host, protocol.loggable(request, line), self.system)
             if request.word in protocol.EXIT_WORDS:
                 return CLEAN
-            conn.write(self.run_command(request))
+            if request.word == b"auth" or not authenticated:
+                conn.write(auth.reply_to(request, token))
+                authenticated = True
+            else:
+                conn.write(self.run_command(request))
             served(request.word)
         raise ShuttingDown()
 

@@ -74,7 +74,8 @@ def test_busy_port_exits_1_with_one_sentence(server):
 
 
 def test_unusable_address_exits_1_with_one_sentence():
-    result = run_greencmd("serve", "--host", "192.0.2.1", "--port", "0", "--log-file", "")
+    result = run_greencmd("serve", "--host", "192.0.2.1", "--no-auth", "--port", "0",
+                          "--log-file", "")
     assert result.returncode == 1
     assert result.stderr.startswith(b"greencmd: cannot listen on 192.0.2.1:0: ")
     assert result.stderr.count(b"\n") == 1 and b"Traceback" not in result.stderr

@@ -25,7 +25,7 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
-from .. import jobs, protocol
+from .. import auth, jobs, protocol
 from ..config import (
     BACKLOG,
     LINGER_BYTES,
@@ -52,6 +52,7 @@ from ..logs import (
     log_connection,
     log_lost,
     log_request,
+    other_protocol_reason,
     reopen_log_files,
     session_system,
 )
@@ -202,6 +203,8 @@ class CmdSession(LineReceiver):
         self.idle_timer = None
         self.following: FollowProtocol | None = None
         self.stall_timer = None
+        self.authenticated = self.config.auth_token is None
+        self.fresh = True  # nothing received yet: the first bytes are checked
         self.commands = factory.commands_for(self)
 
     # -- connection life cycle ------------------------------------------------
@@ -276,6 +279,11 @@ class CmdSession(LineReceiver):
 
     def dataReceived(self, data: bytes) -> None:
         """Frame lines; while a command runs, buffer only about one read ahead."""
+        if self.fresh and data:
+            self.fresh = False
+            suspect = protocol.other_protocol_start(data)
+            if suspect:
+                return self.drop(other_protocol_reason(suspect))
         if self.hanging_up:
             self.dropped += len(data)
             if self.dropped > LINGER_BYTES:
@@ -304,10 +312,15 @@ class CmdSession(LineReceiver):
         request = protocol.parse_request(line)
         if request is None:
             return
+        suspect = protocol.other_protocol(request, line)
+        if suspect:
+            return self.drop(other_protocol_reason(suspect))
         if not self.config.quiet:
-            log_request(self.host, line, self.system)
+            log_request(self.host, protocol.loggable(request, line), self.system)
         if request.word in protocol.EXIT_WORDS:
             return self.hang_up(CLEAN)
+        if request.word == b"auth" or not self.authenticated:
+            return self.authenticate(request)
         command = self.commands.get(request.word)
         if command is None:
             self.transport.write(protocol.COMMAND_NOT_FOUND)
@@ -319,6 +332,22 @@ class CmdSession(LineReceiver):
         elif reply is not None:  # None: a follow began
             self.transport.write(reply)
             self.factory.stats.served(request.word)
+
+    def authenticate(self, request: protocol.Request) -> None:
+        """``auth TOKEN``, or any request before it: the reply, or the end of the session."""
+        try:
+            reply = auth.reply_to(request, self.config.auth_token)
+        except auth.NotAuthenticated as refused:
+            self.transport.write(refused.goodbye)
+            return self.hang_up(refused.reason)
+        self.authenticated = True
+        self.transport.write(reply)
+        self.factory.stats.served(request.word)
+
+    def drop(self, reason: str) -> None:
+        """End the session at once, without a word (another protocol on the port)."""
+        self._buffer = b""  # nothing more of it is read as requests
+        self.hang_up(reason)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """Replies owed are written already (commands are held in order): refuse, close."""
