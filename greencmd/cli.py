@@ -25,11 +25,25 @@ __all__ = ["cli", "main"]
 EXIT_CANNOT_BIND = 1
 
 
-def _option(name: str, **kwargs):
+def _option(name: str, *decls: str, **kwargs):
     """A click option whose variable is GREENCMD_<NAME> and whose help shows it."""
     env = "GREENCMD_" + name.lstrip("-").replace("-", "_").upper()
     kwargs.setdefault("show_default", True)
-    return click.option(name, envvar=env, show_envvar=True, **kwargs)
+    return click.option(name, *decls, envvar=env, show_envvar=True, **kwargs)
+
+
+class FileMode(click.ParamType):
+    """An octal file mode such as ``600`` or ``0660``."""
+
+    name = "mode"
+
+    def convert(self, value, param, ctx) -> int:
+        """``660`` -> 0o660; anything else is a usage error (exit 2)."""
+        if isinstance(value, int):
+            return value
+        if not re.fullmatch(r"0?[0-7]{3}", str(value).strip()):
+            self.fail("%r is not an octal file mode such as 600" % value, param, ctx)
+        return int(str(value).strip(), 8)
 
 
 class ByteSize(click.ParamType):
@@ -117,6 +131,11 @@ def cli() -> None:
 @_option("--workers", default=1, type=click.IntRange(1),
          help="Server processes sharing the port (gevent engine); --max-clients "
               "applies to each.")
+@_option("--unix", default=None, type=click.Path(dir_okay=False), show_default="none",
+         help="Listen on this Unix socket instead of TCP (--host and --port unused). A "
+              "stale socket file is replaced; it is removed at shutdown.")
+@_option("--unix-mode", default="600", type=FileMode(),
+         help="Octal file mode of the --unix socket: who may connect.")
 @_option("--auth-token-file", default=None, type=click.Path(dir_okay=False),
          show_default="none",
          help="File whose first line is the token (16+ characters) every session must "
@@ -133,7 +152,8 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
     """Run the server in the foreground until SIGTERM or SIGINT; log to stdout."""
     from . import logs
 
-    token = _token(auth_token_file, str(options["host"]), no_auth)
+    # The loopback rule is for TCP; file permissions guard a Unix socket.
+    token = _token(auth_token_file, str(options["host"]), no_auth or bool(options["unix"]))
 
     if workers > 1 and engine != "gevent":
         raise click.UsageError("--workers is for the gevent engine only.")
@@ -162,7 +182,7 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
         raise click.BadParameter("cannot open %s: %s" % (config.log_file, exc.strerror),
                                  param_hint="--log-file") from None
     logs.log("Log opened.")
-    if token is not None and not is_loopback(config.host):
+    if token is not None and not config.unix and not is_loopback(config.host):
         logs.log("Warning: serving %s with a token but without TLS: the token crosses the "
                  "network in clear text" % config.host)
     if workers > 1 and config.log_file and config.log_max_size:
@@ -203,21 +223,36 @@ def _engine(name: str):
 
 
 @cli.command(name="client")
-@_host
+@_option("--host", "hosts", multiple=True, default=[protocol.DEFAULT_HOST],
+         help="Server to connect to; give it more than once to ask several servers at "
+              "once (HOST, HOST:PORT or [IPV6]:PORT).")
 @_port
 @click.option("--timeout", default=10.0, type=click.FloatRange(0, min_open=True),
               show_default=True, help="Seconds to wait for the connection and for each reply.")
+@click.option("--unix", default=None, type=click.Path(dir_okay=False),
+              help="Connect to this Unix socket instead of --host/--port.")
 @click.option("--token-file", default=None, type=click.Path(dir_okay=False),
               help="Send 'auth TOKEN' first, with the token on this file's first line "
                    "(or in GREENCMD_TOKEN).")
+@click.option("--hosts-file", default=None, type=click.Path(dir_okay=False),
+              help="More servers, one HOST, HOST:PORT or [IPV6]:PORT per line ('#' lines "
+                   "and blank lines skipped).")
+@click.option("--parallel", default=32, type=click.IntRange(1), show_default=True,
+              help="With several servers: how many are asked at once.")
+@click.option("--json", "as_json", is_flag=True,
+              help="With several servers: one JSON object per server per line.")
 @click.argument("command", nargs=-1)
-def client_command(host: str, port: int, timeout: float, token_file: str | None,
-                   command: tuple[str, ...]) -> None:
+@click.pass_context
+def client_command(ctx: click.Context, hosts: tuple[str, ...], port: int, timeout: float,
+                   unix: str | None, token_file: str | None, hosts_file: str | None,
+                   parallel: int, as_json: bool, command: tuple[str, ...]) -> None:
     """Send COMMAND and print the reply; with no COMMAND, act like netcat on stdin.
 
     ``follow [N]`` prints lines as they come, until Ctrl-C stops it cleanly.
+    With several servers (--host more than once, --hosts-file), each line is
+    prefixed with its server's name and a summary goes to stderr.
 
-    Exit status: 0 for a normal reply, 1 for an error reply, 3 when the server
+    Exit status: 0 for a normal reply, 1 for an error reply, 3 when a server
     cannot be reached or a reply times out, 2 for bad usage.
     """
     line = " ".join(command)
@@ -225,13 +260,19 @@ def client_command(host: str, port: int, timeout: float, token_file: str | None,
         raise click.UsageError("COMMAND must be one line; it contains a line break.")
     token = _client_token(token_file)
     out = click.get_binary_stream("stdout")
+    if hosts_file and ctx.get_parameter_source("hosts") == ParameterSource.DEFAULT:
+        hosts = ()  # the file names the servers; the default host is not one of them
+    if len(hosts) > 1 or hosts_file:
+        sys.exit(_fleet(hosts, hosts_file, port, timeout, parallel, token, os.fsencode(line),
+                        as_json, out))
+    endpoint = client.Endpoint(hosts[0], port, unix)
     try:
         if command and client.is_follow(os.fsencode(line)):
-            status = client.follow(host, port, timeout, os.fsencode(line), out, token)
+            status = client.follow(endpoint, timeout, os.fsencode(line), out, token)
         elif command:
-            status = client.request(host, port, timeout, os.fsencode(line), out, token)
+            status = client.request(endpoint, timeout, os.fsencode(line), out, token)
         else:
-            status = client.interact(host, port, timeout, sys.stdin.fileno(), out, token)
+            status = client.interact(endpoint, timeout, sys.stdin.fileno(), out, token)
     except client.ClientError as exc:
         click.echo("greencmd: %s" % exc, err=True)
         status = client.UNREACHABLE
@@ -239,6 +280,23 @@ def client_command(host: str, port: int, timeout: float, token_file: str | None,
         click.echo("greencmd: %s" % exc, err=True)
         status = client.FAILED
     sys.exit(status)
+
+
+def _fleet(hosts: tuple[str, ...], hosts_file: str | None, port: int, timeout: float,
+           parallel: int, token: bytes | None, line: bytes, as_json: bool, out) -> int:
+    """The client for many servers (greencmd.fleet); returns the exit status."""
+    from . import fleet
+
+    if not line:
+        raise click.UsageError("with more than one server, give the COMMAND on the command "
+                               "line (requests from stdin go to one server only)")
+    try:
+        found = fleet.targets(hosts, hosts_file, port)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--host/--hosts-file") from None
+    if not found:
+        raise click.UsageError("no servers: the hosts file names none")
+    return fleet.run(found, line, timeout, parallel, token, out, sys.stderr, as_json)
 
 
 def _client_token(path: str | None) -> bytes | None:

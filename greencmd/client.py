@@ -13,13 +13,13 @@ import selectors
 import signal
 import socket
 import threading
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from . import protocol
 from .errors import describe_os_error
 
-__all__ = ["ClientError", "OK", "FAILED", "UNREACHABLE", "request", "interact", "follow",
-           "is_follow"]
+__all__ = ["Endpoint", "ClientError", "OK", "FAILED", "UNREACHABLE", "request", "interact",
+           "follow", "is_follow"]
 
 OK, FAILED, UNREACHABLE = 0, 1, 3
 RECV_SIZE = 65536
@@ -29,11 +29,33 @@ class ClientError(Exception):
     """Connecting or reading failed; the message is one sentence for the user."""
 
 
-def connect(host: str, port: int, timeout: float) -> socket.socket:
+class Endpoint(NamedTuple):
+    """Where the server is: a host and port, or a Unix socket."""
+
+    host: str
+    port: int
+    unix: str | None = None
+
+    @property
+    def where(self) -> str:
+        """How messages name it."""
+        return "unix:" + self.unix if self.unix else "%s:%d" % (self.host, self.port)
+
+
+def connect(endpoint: Endpoint, timeout: float) -> socket.socket:
     """A connected socket with ``timeout`` on every read. Raises ClientError."""
-    where = "%s:%d" % (host, port)
+    where = endpoint.where
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        if endpoint.unix:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(endpoint.unix)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
     except TimeoutError:
         raise ClientError("cannot connect to %s: no answer within %g seconds"
                           % (where, timeout)) from None
@@ -47,15 +69,15 @@ class Refused(Exception):
     """The server refused our token; the message is its line (client exit 1)."""
 
 
-def open_session(host: str, port: int, timeout: float, token: bytes | None) -> socket.socket:
+def open_session(endpoint: Endpoint, timeout: float, token: bytes | None) -> socket.socket:
     """A connected socket, authenticated first when there is a token.
 
     Raises ClientError, or Refused with the server's line when the token is refused.
     """
-    sock = connect(host, port, timeout)
+    sock = connect(endpoint, timeout)
     if token is None:
         return sock
-    where = "%s:%d" % (host, port)
+    where = endpoint.where
     try:
         _send_or_close(sock, b"auth " + token + b"\n", where)
         reply = b""
@@ -75,11 +97,11 @@ def open_session(host: str, port: int, timeout: float, token: bytes | None) -> s
     return sock
 
 
-def request(host: str, port: int, timeout: float, line: bytes, out: BinaryIO,
+def request(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
             token: bytes | None = None) -> int:
     """Send one request line, copy the whole reply to ``out``; return the exit code."""
-    where = "%s:%d" % (host, port)
-    with open_session(host, port, timeout, token) as sock:
+    where = endpoint.where
+    with open_session(endpoint, timeout, token) as sock:
         try:
             sock.sendall(line + b"\n")
             # "No more requests": the server answers, then closes.
@@ -97,7 +119,7 @@ def is_follow(line: bytes) -> bool:
     return request is not None and request.word == b"follow"
 
 
-def follow(host: str, port: int, timeout: float, line: bytes, out: BinaryIO,
+def follow(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
            token: bytes | None = None) -> int:
     """``follow [N]``: print lines as they come until Ctrl-C (or SIGTERM), which stops it cleanly.
 
@@ -105,10 +127,10 @@ def follow(host: str, port: int, timeout: float, line: bytes, out: BinaryIO,
     half-close after the request (EOF would stop the follow). Ctrl-C sends the
     stop line and prints the rest, ``End follow`` included, within ``timeout``.
     """
-    where = "%s:%d" % (host, port)
+    where = endpoint.where
     replies = protocol.ReplyScanner()
     signal.signal(signal.SIGTERM, _interrupt)  # kill stops it as cleanly as Ctrl-C
-    with open_session(host, port, timeout, token) as sock:
+    with open_session(endpoint, timeout, token) as sock:
         try:
             _send_or_close(sock, line + b"\n", where)
             sock.settimeout(None)
@@ -131,7 +153,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt()
 
 
-def interact(host: str, port: int, timeout: float, stdin_fd: int, out: BinaryIO,
+def interact(endpoint: Endpoint, timeout: float, stdin_fd: int, out: BinaryIO,
              token: bytes | None = None) -> int:
     """Netcat-like: send stdin as it comes, print replies as they come.
 
@@ -139,8 +161,8 @@ def interact(host: str, port: int, timeout: float, stdin_fd: int, out: BinaryIO,
     the remaining replies are awaited, ``timeout`` seconds each. Any error reply
     makes the exit status 1.
     """
-    where = "%s:%d" % (host, port)
-    with open_session(host, port, timeout, token) as sock, \
+    where = endpoint.where
+    with open_session(endpoint, timeout, token) as sock, \
             selectors.DefaultSelector() as sel:
         try:
             sel.register(stdin_fd, selectors.EVENT_READ)

@@ -47,6 +47,9 @@ class ServerConfig:
     quiet: bool = False
     #: Commands from the ``--config`` file (``programs.ProgramCommand``).
     commands: tuple = ()
+    #: A Unix socket to listen on instead of TCP, and its file mode.
+    unix: str | None = None
+    unix_mode: int = 0o600
     #: The token ``auth`` must present (from ``--auth-token-file``); None: no auth.
     auth_token: bytes | None = field(default=None, repr=False)
 

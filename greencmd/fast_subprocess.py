@@ -27,15 +27,18 @@ Where pidfds do not exist, it falls back to gevent's own mechanism: the SIGCHLD
 handler installed *before* the fork (as gevent.subprocess does; without that, a
 child that exits at once is never seen) and a libev child watcher.
 
-Limits: once gevent's SIGCHLD handler is installed in the process (a plugin
-that uses gevent.subprocess installs it), libev reaps every child. The first
-child of ours it reaps reports :data:`STATUS_LOST` (its output is intact); from
-then on this class waits as gevent.subprocess does, with a libev child watcher.
+Once gevent's SIGCHLD handler is installed in the process (a plugin that uses
+gevent.subprocess installs it), libev reaps every child; from then on this class
+waits as gevent.subprocess does, with a libev child watcher. Limit: a child of
+ours already running when that handler is installed reports
+:data:`STATUS_LOST` (its output is intact).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 from subprocess import DEVNULL, PIPE, STDOUT, TimeoutExpired
 
@@ -51,6 +54,24 @@ HAVE_PIDFD = hasattr(os, "pidfd_open")
 STATUS_LOST = 255
 #: True once libev was seen reaping a child of ours: gevent's SIGCHLD handler is in.
 _libev_reaps = False
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def libev_reaps() -> bool:
+    """True when a SIGCHLD handler is installed (gevent's, once anything used
+    gevent.subprocess): libev then reaps every child, and only its child watcher
+    learns an exit status.
+
+    Asked of the C library: gevent installs its handler below Python's signal
+    module, which cannot see it. Any handler counts; the first field of
+    ``struct sigaction`` is the handler on every Linux C library.
+    """
+    if _libev_reaps:
+        return True
+    action = ctypes.create_string_buffer(512)  # larger than any struct sigaction
+    if _libc.sigaction(signal.SIGCHLD, None, action) != 0:
+        return False
+    return ctypes.c_void_p.from_buffer(action).value not in (None, 1)  # SIG_DFL, SIG_IGN
 
 
 class Popen(subprocess.Popen):
@@ -63,7 +84,8 @@ class Popen(subprocess.Popen):
     def __init__(self, args: list[str], *, stdout=None, stderr=None, **kwargs) -> None:
         self._pidfd: int | None = None
         self._exited: AsyncResult | None = None
-        if not HAVE_PIDFD or _libev_reaps:
+        watch_pidfd = HAVE_PIDFD and not libev_reaps()
+        if not watch_pidfd:
             # Before the fork: the exit of a child that ends at once must be seen.
             gevent.get_hub().loop.install_sigchld()
         ours: dict[str, int] = {}  # the read ends of our pipes
@@ -82,7 +104,7 @@ class Popen(subprocess.Popen):
         finally:
             _close(theirs)
         try:
-            if HAVE_PIDFD and not _libev_reaps:
+            if watch_pidfd:
                 self._pidfd = os.pidfd_open(self.pid)
             else:
                 self._watch_with_sigchld()

@@ -33,6 +33,7 @@ from .config import (
 )
 from .connection import Connection, IdleTimeout, nothing_pending
 from .errors import cannot_listen, describe_os_error
+from .listeners import listen_unix, peer_name, remove_socket, unix_address
 from .logs import (
     REFUSED,
     AcceptFailureLog,
@@ -106,7 +107,7 @@ class CommandServer(StreamServer):
         """Serve one connection in this greenlet, from accept to close (or refuse it)."""
         stats = self.runtime.stats
         number, stats.accepted = stats.accepted, stats.accepted + 1
-        host = address[0]
+        host = peer_name(sock, address)
         log_connection(host)
         if len(self.sessions) >= self.config.max_clients or self.closing.is_set():
             stats.refused += 1
@@ -184,6 +185,9 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
     address cannot be bound. With ``listener`` (a worker of ``--workers``), the
     socket is already bound and the supervisor has announced it.
     """
+    announce = listener is None  # a worker's supervisor has announced it
+    if announce and config.unix:
+        listener = listen_unix(config.unix, config.unix_mode)
     server = CommandServer(config, listener)
     stop_flushing = start_log_flushing()
     stop = Event()
@@ -197,9 +201,10 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
         except OSError as exc:
             server.runtime.pool.kill()
             raise cannot_listen(format_address(config.host, config.port), exc) from None
-        if listener is None:
-            log("greencmd.server.CommandServer starting on %s"
-                % format_address(*server.address[:2]))
+        if announce:
+            where = (unix_address(config.unix) if config.unix
+                     else format_address(*server.address[:2]))
+            log("greencmd.server.CommandServer starting on %s" % where)
             log(describe_lastlog_source(server.runtime.lastlog_source,
                                         server.runtime.lastlog_tried))
         stop.wait()
@@ -208,6 +213,8 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
         for handler in handlers:
             handler.cancel()
         stop_flushing()
+        if announce and config.unix:
+            remove_socket(config.unix)
     left = running_greenlets()
     if left:
         log("Stopped, but %d greenlets were still running: a bug in greencmd, please report it"

@@ -25,6 +25,7 @@ from .config import (
     format_address,
 )
 from .errors import cannot_listen
+from .listeners import listen_unix, remove_socket, unix_address
 from .logs import flush_logs, log, reopen_log_files
 
 __all__ = ["run_workers"]
@@ -38,6 +39,8 @@ RESTART_BACKOFF = 1.0
 
 def listen(config: ServerConfig) -> socket.socket:
     """A listening socket for ``config``; raises BindError."""
+    if config.unix:
+        return listen_unix(config.unix, config.unix_mode)
     address = format_address(config.host, config.port)
     try:
         family = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)[0][0]
@@ -54,11 +57,15 @@ def listen(config: ServerConfig) -> socket.socket:
 def run_workers(config: ServerConfig, count: int) -> None:
     """Bind, start ``count`` workers, supervise them until SIGTERM/SIGINT."""
     listener = listen(config)
-    host, port = listener.getsockname()[:2]
-    log("greencmd.workers.Supervisor (%d workers) starting on %s"
-        % (count, format_address(host, port)))
+    where = (unix_address(config.unix) if config.unix
+             else format_address(*listener.getsockname()[:2]))
+    log("greencmd.workers.Supervisor (%d workers) starting on %s" % (count, where))
     log(describe_lastlog_source(*choose_lastlog_source(config)))
-    Supervisor(config, listener, count).run()
+    try:
+        Supervisor(config, listener, count).run()
+    finally:
+        if config.unix:
+            remove_socket(config.unix)
     log("Main loop terminated.")
     flush_logs()
 

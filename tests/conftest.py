@@ -29,7 +29,7 @@ def pytest_generate_tests(metafunc):
     if "engine" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("engines")
         metafunc.parametrize("engine", marker.args if marker else ENGINES)
-STARTING = re.compile(r"starting on (\S+):(\d+)$")
+STARTING = re.compile(r"starting on (?:unix:(?P<unix>\S+)|(?P<host>\S+):(?P<port>\d+))$")
 
 
 def greencmd_env(**extra: str) -> dict[str, str]:
@@ -59,7 +59,8 @@ class Server:
         self._collector = threading.Thread(target=self._collect, daemon=True)
         self._collector.start()
         match = self.wait_for_log(STARTING.search)
-        self.host, self.port = match.group(1), int(match.group(2))
+        self.unix = match["unix"]
+        self.host, self.port = match["host"], int(match["port"] or 0)
 
     def _collect(self) -> None:
         for raw in self.proc.stdout:
@@ -110,7 +111,12 @@ class Server:
         return len(os.listdir("/proc/%d/fd" % self.proc.pid))
 
     def connect(self, timeout: float = 10) -> socket.socket:
-        """A client socket connected to the server."""
+        """A client socket connected to the server (over its Unix socket, if it has one)."""
+        if self.unix:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(self.unix)
+            return sock
         return socket.create_connection((self.host, self.port), timeout=timeout)
 
     def talk(self, data: bytes, timeout: float = 20) -> bytes:

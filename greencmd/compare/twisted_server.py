@@ -37,7 +37,8 @@ from ..config import (
     describe_lastlog_source,
     format_address,
 )
-from ..errors import cannot_listen, describe_os_error
+from ..errors import BindError, cannot_listen, describe_os_error
+from ..listeners import clear_stale_socket, peer_name, remove_socket, unix_address
 from ..logs import (
     CLEAN,
     IDLE,
@@ -185,11 +186,11 @@ class CmdSession(LineReceiver):
 
     delimiter = b"\n"
 
-    def __init__(self, factory: CmdFactory, number: int, host: str) -> None:
+    def __init__(self, factory: CmdFactory, number: int) -> None:
         self.factory = factory
         self.config = factory.config
-        self.host = host
-        self.system = session_system(number, host)
+        self.number = number
+        self.host = self.system = ""  # known once connected
         # One byte of slack for the CR that lineReceived strips.
         self.MAX_LENGTH = self.config.max_line + 1
         self.running: defer.Deferred | None = None
@@ -211,6 +212,9 @@ class CmdSession(LineReceiver):
 
     def connectionMade(self) -> None:
         """Refuse past max clients; otherwise start the idle clock."""
+        peer = self.transport.getPeer()
+        self.host = peer_name(self.transport.getHandle(), (getattr(peer, "host", ""),))
+        self.system = session_system(self.number, self.host)
         self.factory.connection_opened(self)
         log_connection(self.host)
         if self.factory.is_full():
@@ -642,7 +646,7 @@ class CmdFactory(ServerFactory):
     def buildProtocol(self, addr) -> CmdSession:
         """Number every accepted connection, refused ones included."""
         number, self.stats.accepted = self.stats.accepted, self.stats.accepted + 1
-        return CmdSession(self, number, addr.host)
+        return CmdSession(self, number)
 
     def commands_for(self, session: CmdSession) -> dict:
         """A session's dispatch table: word -> method that returns a reply or a Deferred."""
@@ -727,21 +731,35 @@ class AcceptFailures:
         self.log.say(reason)
 
 
+def listen(config: ServerConfig, factory: CmdFactory):
+    """listenUNIX or listenTCP, as configured; the port and how to name it. Raises BindError."""
+    if config.unix:
+        clear_stale_socket(config.unix)
+        try:
+            port = reactor.listenUNIX(config.unix, factory, backlog=BACKLOG,
+                                      mode=config.unix_mode, wantPID=False)
+        except error.CannotListenError as exc:
+            raise BindError("cannot listen on %s: %s" % (
+                unix_address(config.unix), describe_os_error(exc.socketError))) from None
+        return port, unix_address(config.unix)
+    try:
+        port = reactor.listenTCP(config.port, factory, backlog=BACKLOG, interface=config.host)
+    except error.CannotListenError as exc:
+        raise cannot_listen(format_address(config.host, config.port), exc.socketError) \
+            from None
+    address = port.getHost()
+    return port, format_address(address.host, address.port)
+
+
 def run(config: ServerConfig) -> None:
     """Serve until SIGTERM or SIGINT with the Twisted reactor; raises BindError."""
     factory = CmdFactory(config)
     reactor.suggestThreadPoolSize(config.hash_threads)
-    try:
-        factory.port = reactor.listenTCP(config.port, factory, backlog=BACKLOG,
-                                         interface=config.host)
-    except error.CannotListenError as exc:
-        raise cannot_listen(format_address(config.host, config.port), exc.socketError) \
-            from None
-    address = factory.port.getHost()
+    factory.port, where = listen(config, factory)
     # Announced once the reactor runs: only then are its SIGTERM/SIGINT handlers in,
     # and whoever waits for this line may signal at once.
     reactor.callWhenRunning(log, "greencmd.compare.twisted_server.CmdFactory starting on %s"
-                            % format_address(address.host, address.port))
+                            % where)
     reactor.callWhenRunning(log, describe_lastlog_source(factory.lastlog_source,
                                                          factory.lastlog_tried))
     install_flush_timer(lambda delay, flush: reactor.callLater(delay, flush).cancel)
@@ -749,5 +767,7 @@ def run(config: ServerConfig) -> None:
     globalLogPublisher.addObserver(AcceptFailures())
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reopen_log_files))
     reactor.run()
+    if config.unix:
+        remove_socket(config.unix)
     log("Main loop terminated.")
     flush_logs()

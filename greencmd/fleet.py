@@ -1,0 +1,261 @@
+"""``greencmd client`` with many servers: the same request to all of them at once.
+
+A gevent program written as blocking code: one greenlet per server runs
+:func:`ask` (connect, send, read the reply, each step bounded by ``--timeout``),
+a ``Pool`` keeps ``--parallel`` of them running, and the main greenlet prints
+each server's reply as one block when it is complete. So the request to 500
+servers takes about as long as the slowest one, not the sum of them.
+``follow`` is the exception: its lines are printed as they arrive, each with its
+server's name, until Ctrl-C stops every follow cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import time
+from typing import BinaryIO, NamedTuple, TextIO
+
+import gevent
+from gevent import socket
+from gevent.event import Event
+from gevent.pool import Pool
+
+from . import protocol
+from .errors import describe_os_error
+
+__all__ = ["Target", "Outcome", "parse_target", "read_hosts_file", "targets", "run"]
+
+OK, FAILED, UNREACHABLE = 0, 1, 3
+
+
+class Target(NamedTuple):
+    """One server: where it is, and how its lines are prefixed."""
+
+    host: str
+    port: int
+    label: str
+
+
+class Outcome(NamedTuple):
+    """What one server answered: exit status as the one-server client would have it."""
+
+    target: Target
+    exit: int
+    reply: bytes
+    error: str | None
+    seconds: float
+
+
+_WITH_PORT = re.compile(r"\[(?P<v6>[^\]]+)\]:(?P<port6>[^:]*)|(?P<host>[^:\[\]]+):(?P<port>[^:]*)")
+
+
+def parse_target(text: str, default_port: int) -> Target:
+    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address; raises ValueError."""
+    text = text.strip()
+    match = _WITH_PORT.fullmatch(text)
+    if match:
+        host = match["v6"] or match["host"]
+        port_text = match["port6"] if match["v6"] else match["port"]
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError("bad port %r in %r" % (port_text, text))
+        port = int(port_text)
+    elif text.startswith("[") and text.endswith("]"):
+        host, port = text[1:-1], default_port
+    elif text and not any(c in text for c in "[] \t"):
+        host, port = text, default_port  # a name, an IPv4 address, or a bare IPv6 address
+    else:
+        raise ValueError("%r is not HOST, HOST:PORT or [IPV6]:PORT" % text)
+    if port == default_port:
+        label = host
+    else:
+        label = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+    return Target(host, port, label)
+
+
+def read_hosts_file(path: str, default_port: int) -> list[Target]:
+    """The servers of a hosts file; blank lines and ``#`` lines skipped. Raises ValueError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError("cannot read %s: %s" % (path, getattr(exc, "strerror", None) or exc)) \
+            from None
+    found = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            found.append(parse_target(line, default_port))
+        except ValueError as exc:
+            raise ValueError("%s, line %d: %s" % (path, number, exc)) from None
+    return found
+
+
+def targets(hosts: tuple[str, ...], hosts_file: str | None, default_port: int) -> list[Target]:
+    """Every server named, in order, each once; raises ValueError."""
+    found = [parse_target(host, default_port) for host in hosts]
+    if hosts_file:
+        found += read_hosts_file(hosts_file, default_port)
+    unique: dict[tuple[str, int], Target] = {}
+    for target in found:
+        unique.setdefault((target.host, target.port), target)
+    return list(unique.values())
+
+
+def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
+        on_line=None, stop: Event | None = None) -> Outcome:
+    """Send ``line`` to one server and read its whole reply; never raises.
+
+    ``stop`` (follow): the request is not half-closed; once ``stop`` is set, the
+    stop line is sent. ``on_line``, if given, gets each line as it arrives.
+    """
+    started = time.monotonic()
+    replies = protocol.ReplyScanner()
+    received: list[bytes] = []
+    sock = None
+    try:
+        sock = socket.create_connection((target.host, target.port), timeout=timeout)
+        if token is not None:
+            _authenticate(sock, token)
+        sock.sendall(line + b"\n")
+        if stop is None:
+            sock.shutdown(socket.SHUT_WR)
+            while data := sock.recv(65536):
+                replies.feed(data)
+                received.append(data)
+        else:
+            _stream(sock, on_line, stop, timeout, replies, received)
+    except TimeoutError:
+        return _failed(target, received, "no reply within %g seconds" % timeout, started)
+    except Refused as exc:
+        return Outcome(target, FAILED, b"".join(received), str(exc), _since(started))
+    except OSError as exc:
+        return _failed(target, received, describe_os_error(exc), started)
+    finally:
+        if sock is not None:
+            sock.close()
+    reply = b"".join(received)
+    if not reply:
+        return _failed(target, received, "closed the connection without a reply", started)
+    return Outcome(target, FAILED if replies.failed else OK, reply, None, _since(started))
+
+
+class Refused(Exception):
+    """The server refused the token."""
+
+
+def _authenticate(sock: socket.socket, token: bytes) -> None:
+    sock.sendall(b"auth " + token + b"\n")
+    reply = b""
+    while not reply.endswith(b"\n"):
+        data = sock.recv(256)
+        if not data:
+            break
+        reply += data
+    if reply != protocol.AUTHENTICATED:
+        raise Refused(reply.decode("utf-8", "replace").strip() or "no reply to auth")
+
+
+def _stream(sock, on_line, stop: Event, timeout: float, replies, received) -> None:
+    """Follow: hand on each line as it comes; when ``stop`` is set, send the stop line."""
+    stopper = gevent.spawn(_stop_when_set, sock, stop)
+    try:
+        sock.settimeout(None)
+        pending = b""
+        while data := sock.recv(65536):
+            replies.feed(data)
+            received.append(data)
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                if on_line is not None:
+                    on_line(line)
+        if pending and on_line is not None:
+            on_line(pending)
+    finally:
+        stopper.kill()
+
+
+def _stop_when_set(sock: socket.socket, stop: Event) -> None:
+    stop.wait()
+    try:
+        sock.sendall(b"\n")  # the stop line
+        sock.shutdown(socket.SHUT_WR)  # then no more requests: the server closes
+    except OSError:
+        pass
+
+
+def _failed(target: Target, received: list[bytes], error: str, started: float) -> Outcome:
+    return Outcome(target, UNREACHABLE, b"".join(received), error, _since(started))
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
+
+
+def run(found: list[Target], line: bytes, timeout: float, parallel: int, token: bytes | None,
+        out: BinaryIO, err: TextIO, as_json: bool) -> int:
+    """Ask every server, print each reply as it completes; return the exit status.
+
+    A ``follow`` runs on every server at once (``parallel`` does not hold back
+    the rest until the first ones are stopped), until SIGINT or SIGTERM.
+    """
+    follow = protocol.parse_request(line).word == b"follow"
+    stop = Event()
+    handlers = [gevent.signal_handler(signum, stop.set)
+                for signum in (signal.SIGINT, signal.SIGTERM)] if follow else []
+
+    def ask_one(target: Target) -> Outcome:
+        on_line = _line_printer(out, target.label) if follow and not as_json else None
+        return ask(target, line, timeout, token, on_line, stop if follow else None)
+
+    outcomes = []
+    try:
+        pool = Pool(len(found) if follow else parallel)
+        for outcome in pool.imap_unordered(ask_one, found):
+            _report(outcome, out, streamed=follow and not as_json, as_json=as_json)
+            outcomes.append(outcome)
+    finally:
+        for handler in handlers:
+            handler.cancel()
+    _summary(outcomes, err)
+    if any(o.exit == UNREACHABLE for o in outcomes):
+        return UNREACHABLE
+    return FAILED if any(o.exit == FAILED for o in outcomes) else OK
+
+
+def _line_printer(out: BinaryIO, label: str):
+    """Follow: print one server's line as it arrives, with its name."""
+    return lambda line: _print_lines(out, label, [line])
+
+
+def _report(outcome: Outcome, out: BinaryIO, streamed: bool, as_json: bool) -> None:
+    """Print one server's outcome: its block of lines (or its JSON object)."""
+    target = outcome.target
+    if as_json:
+        record = {"host": target.host, "port": target.port, "exit": outcome.exit,
+                  "reply": outcome.reply.decode("utf-8", "backslashreplace"),
+                  "error": outcome.error, "seconds": outcome.seconds}
+        out.write(json.dumps(record).encode() + b"\n")
+    else:
+        if not streamed:
+            lines = outcome.reply.split(b"\n")
+            _print_lines(out, target.label, lines[:-1] if lines[-1] == b"" else lines)
+        if outcome.error:
+            _print_lines(out, target.label, [b"error: " + outcome.error.encode()])
+    out.flush()
+
+
+def _print_lines(out: BinaryIO, label: str, lines: list[bytes]) -> None:
+    prefix = label.encode() + b": "
+    out.write(b"".join(prefix + line + b"\n" for line in lines))
+    out.flush()
+
+
+def _summary(outcomes: list[Outcome], err: TextIO) -> None:
+    counts = [sum(o.exit == status for o in outcomes) for status in (OK, FAILED, UNREACHABLE)]
+    print("%d servers: %d ok, %d error replies, %d unreachable" % (len(outcomes), *counts),
+          file=err or sys.stderr)

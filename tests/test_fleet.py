@@ -1,0 +1,198 @@
+"""The client for many servers: real servers, one that never answers, hosts files, follow."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import HELP, Server, greencmd_env, run_greencmd
+
+NOT_FOUND = b"Command not found.\n"
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """Start gevent servers (the fleet client is tested once, not per engine)."""
+    started: list[Server] = []
+
+    def start(count: int, *args: str) -> list[Server]:
+        for _ in range(count):
+            directory = tmp_path / ("s%d" % len(started))
+            directory.mkdir()
+            (directory / "app.log").write_bytes(b"old line\n")
+            started.append(Server(["--port", "0", "--log-file", "", "--lastlog-file",
+                                   str(directory / "app.log"), *args], directory,
+                                  greencmd_env()))
+        return started[-count:]
+
+    yield start
+    for server in started:
+        assert server.stop() == 0
+
+
+def hosts(found: list[Server]) -> list[str]:
+    args = []
+    for server in found:
+        args += ["--host", "127.0.0.1:%d" % server.port]
+    return args
+
+
+def labels(found: list[Server]) -> list[bytes]:
+    return [b"127.0.0.1:%d" % server.port for server in found]
+
+
+def test_every_server_answers_in_one_block_with_its_name(servers):
+    found = servers(3)
+    result = run_greencmd("client", *hosts(found), "lastlog", "1")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    for label in labels(found):
+        block = [line for line in lines if line.startswith(label + b": ")]
+        assert block == [label + b": Begin lastlog", label + b": old line",
+                         label + b": End lastlog"]
+        start = lines.index(block[0])
+        assert lines[start:start + 3] == block  # one block, not interleaved
+    assert result.stderr == b"3 servers: 3 ok, 0 error replies, 0 unreachable\n"
+
+
+def test_error_replies_exit_1(servers):
+    found = servers(2)
+    result = run_greencmd("client", *hosts(found), "nonsense")
+    assert result.returncode == 1
+    assert sorted(result.stdout.splitlines()) == sorted(
+        label + b": Command not found." for label in labels(found))
+    assert result.stderr == b"2 servers: 0 ok, 2 error replies, 0 unreachable\n"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_server_is_one_line_and_exit_3(servers):
+    found = servers(1)
+    dead = free_port()
+    result = run_greencmd("client", *hosts(found), "--host", "127.0.0.1:%d" % dead, "help")
+    assert result.returncode == 3
+    assert b"127.0.0.1:%d: error: connection refused\n" % dead in result.stdout
+    assert labels(found)[0] + b": " + HELP in result.stdout
+    assert result.stderr == b"2 servers: 1 ok, 0 error replies, 1 unreachable\n"
+
+
+def test_a_server_that_never_answers_times_out_while_the_others_print(servers):
+    found = servers(2)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never speaks
+    port = silent.getsockname()[1]
+    try:
+        client = subprocess.Popen(
+            [sys.executable, "-m", "greencmd", "client", *hosts(found), "--host",
+             "127.0.0.1:%d" % port, "--timeout", "3", "help"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=greencmd_env())
+        first = client.stdout.readline()  # printed before the silent one gives up
+        assert first.split(b": ", 1)[0] in labels(found)
+        out, err = client.communicate(timeout=30)
+    finally:
+        silent.close()
+    assert client.returncode == 3
+    assert out.endswith(b"127.0.0.1:%d: error: no reply within 3 seconds\n" % port)
+    assert err == b"3 servers: 2 ok, 0 error replies, 1 unreachable\n"
+
+
+def test_json_is_one_object_per_server(servers):
+    found = servers(2)
+    dead = free_port()
+    result = run_greencmd("client", *hosts(found), "--host", "127.0.0.1:%d" % dead, "--json",
+                          "help")
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 3
+    by_port = {record["port"]: record for record in records}
+    for server in found:
+        record = by_port[server.port]
+        assert record["host"] == "127.0.0.1" and record["exit"] == 0
+        assert record["reply"] == HELP.decode() and record["error"] is None
+        assert isinstance(record["seconds"], float)
+    assert by_port[dead]["exit"] == 3 and by_port[dead]["reply"] == ""
+    assert by_port[dead]["error"] == "connection refused"
+    assert result.returncode == 3
+
+
+def test_a_hosts_file_with_duplicates_blanks_comments_and_ipv6(servers, tmp_path):
+    found = servers(2)
+    path = tmp_path / "hosts"
+    path.write_text("# the fleet\n\n127.0.0.1:%d\n  127.0.0.1:%d  \n127.0.0.1:%d\n"
+                    "[::1]:%d\n" % (found[0].port, found[0].port, found[1].port,
+                                    free_port()))
+    result = run_greencmd("client", "--hosts-file", str(path), "help")
+    assert result.stderr.startswith(b"3 servers: 2 ok, 0 error replies, 1 unreachable")
+    assert result.stdout.count(HELP) == 2
+
+
+@pytest.mark.parametrize("line, words", [
+    ("host:99999", b"bad port '99999'"),
+    ("host:", b"bad port ''"),
+    ("host:x", b"bad port 'x'"),
+    ("[::1]:abc", b"bad port 'abc'"),
+    ("a b", b"is not HOST, HOST:PORT or [IPV6]:PORT"),
+])
+def test_a_bad_hosts_file_line_is_a_usage_error(tmp_path, line, words):
+    path = tmp_path / "hosts"
+    path.write_text("127.0.0.1\n%s\n" % line)
+    result = run_greencmd("client", "--hosts-file", str(path), "help")
+    assert result.returncode == 2
+    assert words in result.stderr and b"line 2" in result.stderr
+
+
+def test_a_default_port_is_left_out_of_the_name(servers):
+    found = servers(2)
+    result = run_greencmd("client", "--port", str(found[0].port), "--host", "127.0.0.1",
+                          "--host", "localhost", "help")
+    assert sorted(result.stdout.splitlines()) == [b"127.0.0.1: " + HELP.strip(),
+                                                  b"localhost: " + HELP.strip()]
+
+
+def test_requests_from_stdin_with_several_servers_are_a_usage_error():
+    result = run_greencmd("client", "--host", "a", "--host", "b", input=b"help\n")
+    assert result.returncode == 2
+    assert b"requests from stdin go to one server only" in result.stderr
+
+
+def test_servers_are_asked_at_once_not_one_after_another(servers, tmp_path):
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    config = tmp_path / "meet.toml"
+    # Each server's command waits until all three are running at once.
+    config.write_text('[commands.meet]\nrun = ["sh", "-c", "touch %s/$$; while [ $(ls %s | '
+                      'wc -l) -lt 3 ]; do sleep 0.05; done; echo met"]\n' % (meeting, meeting))
+    found = servers(3, "--config", str(config), "--command-timeout", "20")
+    result = run_greencmd("client", *hosts(found), "--timeout", "30", "meet")
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count(b": met\n") == 3
+
+
+def test_follow_prints_lines_as_they_arrive_and_ctrl_c_stops_all(servers, tmp_path):
+    found = servers(2)
+    client = subprocess.Popen([sys.executable, "-m", "greencmd", "client", *hosts(found),
+                               "follow", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=greencmd_env())
+    try:
+        seen = {client.stdout.readline() for _ in range(4)}
+        assert seen == {label + b": " + text for label in labels(found)
+                        for text in (b"Begin follow\n", b"old line\n")}
+        with open(tmp_path / "s1" / "app.log", "ab") as f:
+            f.write(b"fresh line\n")
+        assert client.stdout.readline() == labels(found)[1] + b": fresh line\n"
+        time.sleep(0.2)
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=15)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert sorted(out.splitlines()) == sorted(label + b": End follow" for label in labels(found))
+    assert err == b"2 servers: 2 ok, 0 error replies, 0 unreachable\n"
+    assert client.returncode == 0
