@@ -37,12 +37,13 @@ def main() -> None:
         config = os.path.join(work, "fleet.toml")
         with open(config, "w") as f:
             f.write('[commands.pause]\nrun = ["sleep", "%g"]\n' % options.seconds)
+        log = open(os.path.join(work, "server.log"), "w+")
         server = subprocess.Popen(
             [sys.executable, "-m", "greencmd", "serve", "--host", "0.0.0.0", "--no-auth",
              "--port", "0", "--quiet", "--log-file", "", "--max-clients", "1000",
-             "--config", config], stdout=subprocess.PIPE, text=True, env=env)
+             "--config", config], stdout=log, env=env)
         try:
-            port = _port(server)
+            port = _port(log.name)
             hosts = os.path.join(work, "hosts")
             with open(hosts, "w") as f:
                 for index in range(options.servers):
@@ -58,11 +59,13 @@ def main() -> None:
             server.wait()
 
 
-def _port(server: subprocess.Popen) -> int:
-    for line in server.stdout:
-        match = re.search(r"starting on \S+:(\d+)$", line)
+def _port(log: str) -> int:
+    for _ in range(100):
+        with open(log) as f:
+            match = re.search(r"starting on \S+:(\d+)$", f.read(), re.MULTILINE)
         if match:
             return int(match.group(1))
+        time.sleep(0.1)
     raise SystemExit("the server did not start")
 
 

@@ -85,9 +85,23 @@ class BufferedStreamHandler(logging.StreamHandler):
 
     def write_line(self, line: str) -> None:
         """Write a formatted line (``log()``'s fast path); flush soon."""
-        self.stream.write(line)
+        try:
+            self.stream.write(line)
+        except (OSError, ValueError):
+            return  # see flush()
         if not _flusher.written():
             self.flush()
+
+    def flush(self) -> None:
+        """Flush; a stream that is gone (stdout closed, disk full) loses the line.
+
+        The log must never take a session down: the line is dropped, and the
+        other handlers (the log file) still get it.
+        """
+        try:
+            super().flush()
+        except (OSError, ValueError):
+            pass
 
 
 class Flusher:

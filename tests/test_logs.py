@@ -2,9 +2,12 @@
 
 import re
 import signal
+import socket
+import subprocess
+import sys
 
 import pytest
-from conftest import HELP, Server, greencmd_env, run_greencmd, wait_until
+from conftest import HELP, Server, greencmd_env, read_all, run_greencmd, wait_until
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] \S.*$")
 
@@ -125,3 +128,25 @@ def test_bad_log_max_size_is_one_sentence_exit_2(size):
     result = run_greencmd("serve", "--port", "0", "--log-file", "", "--log-max-size", size)
     assert result.returncode == 2 and b"is not a size" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_a_closed_stdout_does_not_stop_the_server(tmp_path):
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen([sys.executable, "-m", "greencmd", "serve", "--port", "0",
+                             "--log-file", str(log)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=greencmd_env())
+    try:
+        wait_until(lambda: log.exists() and "starting on" in log.read_text(),
+                   message="started")
+        port = int(re.search(r"starting on \S+:(\d+)", log.read_text()).group(1))
+        proc.stdout.close()  # whoever read the log went away: writes now fail with EPIPE
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"help\n")
+                sock.shutdown(socket.SHUT_WR)
+                assert read_all(sock) == HELP
+        wait_until(lambda: log.read_text().count("Cmd received") == 3, message="logged")
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    assert b"Traceback" not in proc.stderr.read()
