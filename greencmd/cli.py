@@ -136,6 +136,14 @@ def cli() -> None:
               "stale socket file is replaced; it is removed at shutdown.")
 @_option("--unix-mode", default="600", type=FileMode(),
          help="Octal file mode of the --unix socket: who may connect.")
+@_option("--tls-cert", default=None, type=click.Path(dir_okay=False), show_default="none",
+         help="PEM certificate (chain) of the listener: it then speaks TLS 1.2+ only. "
+              "Needs --tls-key.")
+@_option("--tls-key", default=None, type=click.Path(dir_okay=False), show_default="none",
+         help="PEM private key of --tls-cert.")
+@_option("--tls-client-ca", default=None, type=click.Path(dir_okay=False),
+         show_default="none",
+         help="PEM CA file: clients must present a certificate it signed (mutual TLS).")
 @_option("--auth-token-file", default=None, type=click.Path(dir_okay=False),
          show_default="none",
          help="File whose first line is the token (16+ characters) every session must "
@@ -154,6 +162,7 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
 
     # The loopback rule is for TCP; file permissions guard a Unix socket.
     token = _token(auth_token_file, str(options["host"]), no_auth or bool(options["unix"]))
+    _check_tls(options["tls_cert"], options["tls_key"], options["tls_client_ca"])
 
     if workers > 1 and engine != "gevent":
         raise click.UsageError("--workers is for the gevent engine only.")
@@ -182,7 +191,8 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
         raise click.BadParameter("cannot open %s: %s" % (config.log_file, exc.strerror),
                                  param_hint="--log-file") from None
     logs.log("Log opened.")
-    if token is not None and not config.unix and not is_loopback(config.host):
+    if (token is not None and not config.unix and not config.tls_cert
+            and not is_loopback(config.host)):
         logs.log("Warning: serving %s with a token but without TLS: the token crosses the "
                  "network in clear text" % config.host)
     if workers > 1 and config.log_file and config.log_max_size:
@@ -193,6 +203,21 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
     except BindError as exc:
         click.echo("greencmd: %s" % exc, err=True)
         sys.exit(EXIT_CANNOT_BIND)
+
+
+def _check_tls(cert: str | None, key: str | None, client_ca: str | None) -> None:
+    """Both of --tls-cert and --tls-key or neither, and files that load; else exit 2."""
+    if bool(cert) != bool(key):
+        raise click.UsageError("--tls-cert and --tls-key go together: give both or neither")
+    if client_ca and not cert:
+        raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+    if cert:
+        from .tls import server_context
+
+        try:
+            server_context(cert, key, client_ca)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--tls-cert") from None
 
 
 def _token(path: str | None, host: str, no_auth: bool) -> bytes | None:
@@ -234,6 +259,15 @@ def _engine(name: str):
 @click.option("--token-file", default=None, type=click.Path(dir_okay=False),
               help="Send 'auth TOKEN' first, with the token on this file's first line "
                    "(or in GREENCMD_TOKEN).")
+@click.option("--tls", is_flag=True,
+              help="Speak TLS; verify the server's certificate against the system's CAs "
+                   "and its host name.")
+@click.option("--cafile", default=None, type=click.Path(dir_okay=False),
+              help="Verify the server against this CA file instead (implies --tls).")
+@click.option("--cert", default=None, type=click.Path(dir_okay=False),
+              help="Client certificate (PEM) for mutual TLS (implies --tls); needs --key.")
+@click.option("--key", default=None, type=click.Path(dir_okay=False),
+              help="Private key of --cert.")
 @click.option("--hosts-file", default=None, type=click.Path(dir_okay=False),
               help="More servers, one HOST, HOST:PORT or [IPV6]:PORT per line ('#' lines "
                    "and blank lines skipped).")
@@ -244,7 +278,8 @@ def _engine(name: str):
 @click.argument("command", nargs=-1)
 @click.pass_context
 def client_command(ctx: click.Context, hosts: tuple[str, ...], port: int, timeout: float,
-                   unix: str | None, token_file: str | None, hosts_file: str | None,
+                   unix: str | None, token_file: str | None, tls: bool, cafile: str | None,
+                   cert: str | None, key: str | None, hosts_file: str | None,
                    parallel: int, as_json: bool, command: tuple[str, ...]) -> None:
     """Send COMMAND and print the reply; with no COMMAND, act like netcat on stdin.
 
@@ -259,13 +294,15 @@ def client_command(ctx: click.Context, hosts: tuple[str, ...], port: int, timeou
     if "\n" in line or "\r" in line:
         raise click.UsageError("COMMAND must be one line; it contains a line break.")
     token = _client_token(token_file)
+    context = _client_tls(tls, cafile, cert, key)
     out = click.get_binary_stream("stdout")
     if hosts_file and ctx.get_parameter_source("hosts") == ParameterSource.DEFAULT:
         hosts = ()  # the file names the servers; the default host is not one of them
     if len(hosts) > 1 or hosts_file:
-        sys.exit(_fleet(hosts, hosts_file, port, timeout, parallel, token, os.fsencode(line),
-                        as_json, out))
-    endpoint = client.Endpoint(hosts[0], port, unix)
+        tls_files = (cafile, cert, key) if context is not None else None
+        sys.exit(_fleet(hosts, hosts_file, port, timeout, parallel, token, tls_files,
+                        os.fsencode(line), as_json, out))
+    endpoint = client.Endpoint(hosts[0], port, unix, context)
     try:
         if command and client.is_follow(os.fsencode(line)):
             status = client.follow(endpoint, timeout, os.fsencode(line), out, token)
@@ -283,7 +320,8 @@ def client_command(ctx: click.Context, hosts: tuple[str, ...], port: int, timeou
 
 
 def _fleet(hosts: tuple[str, ...], hosts_file: str | None, port: int, timeout: float,
-           parallel: int, token: bytes | None, line: bytes, as_json: bool, out) -> int:
+           parallel: int, token: bytes | None, tls_files: tuple | None, line: bytes,
+           as_json: bool, out) -> int:
     """The client for many servers (greencmd.fleet); returns the exit status."""
     from . import fleet
 
@@ -296,7 +334,23 @@ def _fleet(hosts: tuple[str, ...], hosts_file: str | None, port: int, timeout: f
         raise click.BadParameter(str(exc), param_hint="--host/--hosts-file") from None
     if not found:
         raise click.UsageError("no servers: the hosts file names none")
-    return fleet.run(found, line, timeout, parallel, token, out, sys.stderr, as_json)
+    return fleet.run(found, line, timeout, parallel, token, tls_files, out, sys.stderr, as_json)
+
+
+def _client_tls(tls: bool, cafile: str | None, cert: str | None, key: str | None):
+    """The client's TLS context, or None without --tls/--cafile/--cert; exit 2 if unusable."""
+    if not (tls or cafile or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise click.UsageError("--cert and --key go together: give both or neither")
+    from .tls import client_context, describe_tls_error
+
+    try:
+        return client_context(cafile, cert, key)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter("cannot load %s: %s" % (
+            cafile if cafile and not cert else cert, describe_tls_error(exc)),
+            param_hint="--cafile/--cert") from None
 
 
 def _client_token(path: str | None) -> bytes | None:

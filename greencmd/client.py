@@ -12,11 +12,13 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import threading
 from typing import BinaryIO, NamedTuple
 
 from . import protocol
 from .errors import describe_os_error
+from .tls import describe_tls_error, is_tls
 
 __all__ = ["Endpoint", "ClientError", "OK", "FAILED", "UNREACHABLE", "request", "interact",
            "follow", "is_follow"]
@@ -35,6 +37,7 @@ class Endpoint(NamedTuple):
     host: str
     port: int
     unix: str | None = None
+    tls: ssl.SSLContext | None = None
 
     @property
     def where(self) -> str:
@@ -56,6 +59,8 @@ def connect(endpoint: Endpoint, timeout: float) -> socket.socket:
                 raise
         else:
             sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+        if endpoint.tls is not None:
+            sock = tls_connect(sock, endpoint.tls, endpoint.host, where)
     except TimeoutError:
         raise ClientError("cannot connect to %s: no answer within %g seconds"
                           % (where, timeout)) from None
@@ -97,6 +102,17 @@ def open_session(endpoint: Endpoint, timeout: float, token: bytes | None) -> soc
     return sock
 
 
+def tls_connect(sock: socket.socket, context: ssl.SSLContext, host: str,
+                where: str) -> ssl.SSLSocket:
+    """``sock`` after a verified TLS handshake; raises ClientError in one sentence."""
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        raise ClientError("TLS handshake with %s failed: %s" % (where, describe_tls_error(exc))) \
+            from None
+
+
 def request(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
             token: bytes | None = None) -> int:
     """Send one request line, copy the whole reply to ``out``; return the exit code."""
@@ -104,8 +120,7 @@ def request(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
     with open_session(endpoint, timeout, token) as sock:
         try:
             sock.sendall(line + b"\n")
-            # "No more requests": the server answers, then closes.
-            sock.shutdown(socket.SHUT_WR)
+            no_more_requests(sock)  # the server answers, then closes
         except OSError as exc:
             raise ClientError("connection to %s lost: %s" % (where, describe_os_error(exc))) \
                 from None
@@ -201,7 +216,7 @@ def _send_file(sock: socket.socket, fd: int, out: BinaryIO, timeout: float,
             while data := os.read(fd, RECV_SIZE):
                 asked[0] = asked[0] or expects_reply(data)
                 sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
+            no_more_requests(sock)
         except OSError as exc:
             failure.append(exc)
 
@@ -232,12 +247,20 @@ def _status(replies: protocol.ReplyScanner, asked: bool, where: str) -> int:
     return FAILED if replies.failed else OK
 
 
+def no_more_requests(sock: socket.socket) -> None:
+    """Tell the server no request follows: half-close, or over TLS (which cannot) ``exit``."""
+    if is_tls(sock):
+        sock.sendall(b"exit\n")
+    else:
+        sock.shutdown(socket.SHUT_WR)
+
+
 def _send_or_close(sock: socket.socket, data: bytes, where: str) -> None:
     try:
         if data:
             sock.sendall(data)
         else:
-            sock.shutdown(socket.SHUT_WR)
+            no_more_requests(sock)
     except OSError as exc:
         raise ClientError("connection to %s lost: %s" % (where, describe_os_error(exc))) \
             from None

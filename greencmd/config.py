@@ -50,6 +50,10 @@ class ServerConfig:
     #: A Unix socket to listen on instead of TCP, and its file mode.
     unix: str | None = None
     unix_mode: int = 0o600
+    #: TLS: the listener's certificate and key (PEM), and the CA of client certificates.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
     #: The token ``auth`` must present (from ``--auth-token-file``); None: no auth.
     auth_token: bytes | None = field(default=None, repr=False)
 

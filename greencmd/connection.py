@@ -32,6 +32,7 @@ import gevent
 from . import protocol
 from .config import LINGER_BYTES, LINGER_SECONDS, RECV_SIZE
 from .logs import IDLE, RESET
+from .tls import is_tls
 
 __all__ = ["Connection", "LineTooLong", "IdleTimeout", "ClientGone", "OtherProtocol",
            "nothing_unread", "nothing_pending", "linger"]
@@ -206,14 +207,32 @@ def peek(sock: socket.socket) -> bytes | None:
     Never waits, and leaves the socket's timeout as it found it, so it is safe
     while another greenlet waits on ``sock``.
     """
-    saved = sock.gettimeout()
-    sock.settimeout(0.0)  # gevent then raises EAGAIN instead of waiting
     try:
-        return sock.recv(1, socket.MSG_PEEK)
+        return peek_or_raise(sock)
     except BlockingIOError:
         return None
     except OSError:
         return b""
+
+
+def peek_or_raise(sock: socket.socket) -> bytes:
+    """The next byte, b"" at EOF; raises BlockingIOError if none is there, OSError on reset.
+
+    A TLS socket cannot peek (decrypting consumes), so its descriptor is peeked
+    as the plain TCP socket it is: any byte there is the client sending something.
+    """
+    if is_tls(sock):
+        if sock.pending():
+            return b"?"  # decrypted and waiting to be read
+        plain = socket.socket(fileno=sock.fileno())  # the same descriptor, not a copy
+        try:
+            return plain.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        finally:
+            plain.detach()
+    saved = sock.gettimeout()
+    sock.settimeout(0.0)  # gevent then raises EAGAIN instead of waiting
+    try:
+        return sock.recv(1, socket.MSG_PEEK)
     finally:
         sock.settimeout(saved)
 

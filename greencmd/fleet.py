@@ -14,17 +14,21 @@ from __future__ import annotations
 import json
 import re
 import signal
+import ssl
 import sys
 import time
 from typing import BinaryIO, NamedTuple, TextIO
 
 import gevent
+import gevent.ssl
 from gevent import socket
 from gevent.event import Event
 from gevent.pool import Pool
 
 from . import protocol
+from .client import no_more_requests
 from .errors import describe_os_error
+from .tls import client_context, describe_tls_error
 
 __all__ = ["Target", "Outcome", "parse_target", "read_hosts_file", "targets", "run"]
 
@@ -107,7 +111,7 @@ def targets(hosts: tuple[str, ...], hosts_file: str | None, default_port: int) -
 
 
 def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
-        on_line=None, stop: Event | None = None) -> Outcome:
+        tls: ssl.SSLContext | None = None, on_line=None, stop: Event | None = None) -> Outcome:
     """Send ``line`` to one server and read its whole reply; never raises.
 
     ``stop`` (follow): the request is not half-closed; once ``stop`` is set, the
@@ -119,11 +123,13 @@ def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
     sock = None
     try:
         sock = socket.create_connection((target.host, target.port), timeout=timeout)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=target.host)
         if token is not None:
             _authenticate(sock, token)
         sock.sendall(line + b"\n")
         if stop is None:
-            sock.shutdown(socket.SHUT_WR)
+            no_more_requests(sock)
             while data := sock.recv(65536):
                 replies.feed(data)
                 received.append(data)
@@ -131,6 +137,9 @@ def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
             _stream(sock, on_line, stop, timeout, replies, received)
     except TimeoutError:
         return _failed(target, received, "no reply within %g seconds" % timeout, started)
+    except ssl.SSLError as exc:
+        return _failed(target, received, "TLS handshake failed: %s" % describe_tls_error(exc),
+                       started)
     except Refused as exc:
         return Outcome(target, FAILED, b"".join(received), str(exc), _since(started))
     except OSError as exc:
@@ -183,7 +192,7 @@ def _stop_when_set(sock: socket.socket, stop: Event) -> None:
     stop.wait()
     try:
         sock.sendall(b"\n")  # the stop line
-        sock.shutdown(socket.SHUT_WR)  # then no more requests: the server closes
+        no_more_requests(sock)  # then the server closes
     except OSError:
         pass
 
@@ -197,20 +206,23 @@ def _since(started: float) -> float:
 
 
 def run(found: list[Target], line: bytes, timeout: float, parallel: int, token: bytes | None,
-        out: BinaryIO, err: TextIO, as_json: bool) -> int:
+        tls_files: tuple | None, out: BinaryIO, err: TextIO, as_json: bool) -> int:
     """Ask every server, print each reply as it completes; return the exit status.
 
+    ``tls_files``: (cafile, cert, key) to speak TLS, or None.
     A ``follow`` runs on every server at once (``parallel`` does not hold back
     the rest until the first ones are stopped), until SIGINT or SIGTERM.
     """
     follow = protocol.parse_request(line).word == b"follow"
+    # (cafile, cert, key): a context whose sockets wait cooperatively.
+    tls = client_context(*tls_files, ssl_module=gevent.ssl) if tls_files else None
     stop = Event()
     handlers = [gevent.signal_handler(signum, stop.set)
                 for signum in (signal.SIGINT, signal.SIGTERM)] if follow else []
 
     def ask_one(target: Target) -> Outcome:
         on_line = _line_printer(out, target.label) if follow and not as_json else None
-        return ask(target, line, timeout, token, on_line, stop if follow else None)
+        return ask(target, line, timeout, token, tls, on_line, stop if follow else None)
 
     outcomes = []
     try:

@@ -12,10 +12,12 @@ import errno
 import gc
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
 import gevent
+import gevent.ssl
 from gevent.event import Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
@@ -46,6 +48,7 @@ from .logs import (
     session_system,
 )
 from .session import Session, ShuttingDown
+from .tls import HANDSHAKE_SECONDS, describe_tls_error, server_context
 
 __all__ = ["CommandServer", "run", "start_log_flushing"]
 
@@ -74,6 +77,7 @@ class CommandServer(StreamServer):
         self.runtime = Runtime.from_config(config)
         self.sessions: set[Session] = set()
         self.closing = Event()
+        self.tls = tls_context(config)
         self._reaper: gevent.Greenlet | None = None
         self._exhausted = AcceptFailureLog()
 
@@ -109,6 +113,20 @@ class CommandServer(StreamServer):
         number, stats.accepted = stats.accepted, stats.accepted + 1
         host = peer_name(sock, address)
         log_connection(host)
+        if self.tls is None:
+            self.serve_session(sock, host, number)
+            return
+        sock = tls_handshake(self.tls, sock, session_system(number, host))
+        if sock is None:
+            return
+        try:
+            self.serve_session(sock, host, number)
+        finally:
+            sock.close()  # the TLS socket is ours; StreamServer closes the one it accepted
+
+    def serve_session(self, sock: socket.socket, host: str, number: int) -> None:
+        """Run a :class:`Session` for the connection, or refuse it past max clients."""
+        stats = self.runtime.stats
         if len(self.sessions) >= self.config.max_clients or self.closing.is_set():
             stats.refused += 1
             refuse(sock, session_system(number, host))
@@ -170,6 +188,35 @@ class CommandServer(StreamServer):
 
     def _greenlets(self) -> list[gevent.Greenlet]:
         return [session.greenlet for session in self.sessions]
+
+
+class HandshakeTimeout(Exception):
+    """The client did not complete its TLS handshake in time."""
+
+
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The listener's TLS context (gevent's, so handshakes wait cooperatively), or None."""
+    if not config.tls_cert:
+        return None
+    return server_context(config.tls_cert, config.tls_key, config.tls_client_ca,
+                          gevent.ssl.SSLContext)
+
+
+def tls_handshake(context: ssl.SSLContext, sock: socket.socket,
+                  system: str) -> ssl.SSLSocket | None:
+    """The TLS socket once the client completed its handshake; None (and one log line) if not."""
+    tls_sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    try:
+        with gevent.Timeout(HANDSHAKE_SECONDS, HandshakeTimeout):
+            tls_sock.do_handshake()
+        return tls_sock
+    except HandshakeTimeout:
+        why = "no handshake within %g seconds" % HANDSHAKE_SECONDS
+    except (ssl.SSLError, OSError) as exc:
+        why = describe_tls_error(exc) or "the client closed the connection"
+    tls_sock.close()
+    log("TLS handshake failed: %s" % why, system)
+    return None
 
 
 def refuse(sock: socket.socket, system: str) -> None:

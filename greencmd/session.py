@@ -23,11 +23,19 @@ from contextlib import contextmanager
 import gevent
 from gevent import GreenletExit
 from gevent.event import Event
+from gevent.socket import wait_read
 
 from . import auth, protocol
 from .commands import Runtime
 from .config import ServerConfig
-from .connection import ClientGone, Connection, IdleTimeout, LineTooLong, OtherProtocol
+from .connection import (
+    ClientGone,
+    Connection,
+    IdleTimeout,
+    LineTooLong,
+    OtherProtocol,
+    peek_or_raise,
+)
 from .fast_subprocess import Popen
 from .follow import follow
 from .logs import (
@@ -156,8 +164,13 @@ def kill_on_reset(sock: socket.socket, session: gevent.Greenlet) -> None:
     It peeks, so the session still reads whatever arrived. After data or EOF
     there is nothing more to watch for: a half-closed client gets its replies.
     """
-    sock.settimeout(None)  # the session's read deadline is not this wait's business
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except OSError:
-        session.kill(ClientGone, block=False)
+    while True:
+        wait_read(sock.fileno())
+        try:
+            peek_or_raise(sock)
+            return
+        except BlockingIOError:
+            continue  # woken, but nothing there after all
+        except OSError:
+            session.kill(ClientGone, block=False)
+            return

@@ -18,7 +18,7 @@ import signal
 import threading
 
 from twisted.internet import defer, error, reactor, threads
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import ProcessProtocol, ServerFactory
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
@@ -59,6 +59,7 @@ from ..logs import (
 )
 from ..programs import OUTPUT_LIMIT, PluginCommand, ProgramCommand, load_extras, timed_out
 from ..stats import Stats
+from ..tls import HANDSHAKE_SECONDS
 
 __all__ = ["ChildProtocol", "FollowProtocol", "CmdSession", "CmdFactory", "run"]
 
@@ -180,7 +181,15 @@ class FollowProtocol(SessionChild):
         self.kill()
 
 
-@implementer(IHalfCloseableProtocol)
+def describe_openssl_error(exc: BaseException) -> str:
+    """pyOpenSSL's error as the few words the gevent engine logs (``tlsv1 alert unknown ca``)."""
+    errors = getattr(exc, "args", [None])[0]
+    if isinstance(errors, list) and errors and len(errors[-1]) == 3:
+        return str(errors[-1][2]).replace("_", " ").lower()
+    return describe_os_error(exc) if isinstance(exc, OSError) else (str(exc) or "closed")
+
+
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class CmdSession(LineReceiver):
     """One client connection: lines in, replies out, one command at a time."""
 
@@ -205,6 +214,7 @@ class CmdSession(LineReceiver):
         self.following: FollowProtocol | None = None
         self.stall_timer = None
         self.authenticated = self.config.auth_token is None
+        self.handshake_timer = None
         self.fresh = True  # nothing received yet: the first bytes are checked
         self.commands = factory.commands_for(self)
 
@@ -213,8 +223,12 @@ class CmdSession(LineReceiver):
     def connectionMade(self) -> None:
         """Refuse past max clients; otherwise start the idle clock."""
         peer = self.transport.getPeer()
-        self.host = peer_name(self.transport.getHandle(), (getattr(peer, "host", ""),))
+        # Under TLS, the transport wraps the one that has the socket.
+        plain = getattr(self.transport, "transport", self.transport)
+        self.host = peer_name(plain.getHandle(), (getattr(peer, "host", ""),))
         self.system = session_system(self.number, self.host)
+        if self.config.tls_cert:
+            self.handshake_timer = reactor.callLater(HANDSHAKE_SECONDS, self.handshake_late)
         self.factory.connection_opened(self)
         log_connection(self.host)
         if self.factory.is_full():
@@ -227,8 +241,22 @@ class CmdSession(LineReceiver):
         self.transport.registerProducer(self, True)
         self.restart_idle_clock()
 
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: the TLS handshake is done; stop its clock."""
+        if self.handshake_timer is not None and self.handshake_timer.active():
+            self.handshake_timer.cancel()
+        self.handshake_timer = None
+
+    def handshake_late(self) -> None:
+        """Timer: no handshake within HANDSHAKE_SECONDS; drop the client."""
+        self.reason = "TLS handshake failed: no handshake within %g seconds" % HANDSHAKE_SECONDS
+        self.transport.abortConnection()
+
     def connectionLost(self, reason) -> None:
         """Abandon a command in flight and log why the session ended."""
+        if self.handshake_timer is not None:  # the handshake never completed
+            self.handshake_failed(reason)
+            return
         self.factory.sessions.discard(self)
         self.factory.connection_closed(self)
         self.stop_idle_clock()
@@ -271,6 +299,10 @@ class CmdSession(LineReceiver):
         self.reason, self.hanging_up, self.paused = reason, True, True
         self.factory.sessions.discard(self)  # a session saying goodbye holds no slot
         self.stop_idle_clock()
+        if self.config.tls_cert:  # TLS has no half-close: close_notify once written, then close
+            self.transport.unregisterProducer()  # else TLS waits for it before closing
+            self.transport.loseConnection()
+            return
         self.transport.loseWriteConnection()
         # A clean end with nothing unread closes at once (as the gevent engine does):
         # only unread input could turn the close into a reset.
@@ -280,6 +312,16 @@ class CmdSession(LineReceiver):
             reactor.callLater(LINGER_SECONDS, self.transport.loseConnection)
 
     # -- lines in -------------------------------------------------------------
+
+    def handshake_failed(self, reason) -> None:
+        """The connection ended before its TLS handshake did: one log line, no session."""
+        self.factory.sessions.discard(self)
+        self.factory.connection_closed(self)
+        self.stop_idle_clock()
+        if self.handshake_timer.active():
+            self.handshake_timer.cancel()
+        why = self.reason or "TLS handshake failed: %s" % describe_openssl_error(reason.value)
+        log(why, self.system)
 
     def dataReceived(self, data: bytes) -> None:
         """Frame lines; while a command runs, buffer only about one read ahead."""
@@ -731,8 +773,27 @@ class AcceptFailures:
         self.log.say(reason)
 
 
+def tls_options(config: ServerConfig):
+    """Twisted's TLS settings from --tls-cert/--tls-key/--tls-client-ca (TLS 1.2+)."""
+    from twisted.internet import ssl
+
+    with open(config.tls_cert, "rb") as cert, open(config.tls_key, "rb") as key:
+        mine = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
+    options = {"privateKey": mine.privateKey.original, "certificate": mine.original,
+               "raiseMinimumTo": ssl.TLSVersion.TLSv1_2}
+    if config.tls_client_ca:
+        with open(config.tls_client_ca, "rb") as ca:
+            authority = ssl.Certificate.loadPEM(ca.read())
+        options.update(verify=True, caCerts=[authority.original], requireCertificate=True)
+    return ssl.CertificateOptions(**options)
+
+
 def listen(config: ServerConfig, factory: CmdFactory):
     """listenUNIX or listenTCP, as configured; the port and how to name it. Raises BindError."""
+    if config.tls_cert:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        factory = TLSMemoryBIOFactory(tls_options(config), False, factory)
     if config.unix:
         clear_stale_socket(config.unix)
         try:

@@ -1,0 +1,186 @@
+"""TLS: real certificates from a throwaway CA made with the openssl command."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+from conftest import HELP, read_until, run_greencmd
+
+NOT_FOUND = b"Command not found.\n"
+EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+def openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def issue(directory, ca: str, name: str, san: str) -> None:
+    """``name.pem`` and ``name.key``, signed by ``ca``, for the names in ``san``."""
+    openssl("req", *EC, "-keyout", name + ".key", "-out", name + ".csr", "-subj",
+            "/CN=" + name, cwd=directory)
+    (directory / (name + ".ext")).write_text("subjectAltName=%s\n" % san)
+    openssl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
+            "-CAcreateserial", "-out", name + ".pem", "-days", "2", "-extfile", name + ".ext",
+            cwd=directory)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A CA, a stranger CA, a server certificate, one with a wrong name, a client's."""
+    directory = tmp_path_factory.mktemp("pki")
+    for ca in ("ca", "stranger"):
+        openssl("req", "-x509", *EC, "-keyout", ca + ".key", "-out", ca + ".pem", "-days", "2",
+                "-subj", "/CN=greencmd test " + ca, cwd=directory)
+    issue(directory, "ca", "server", "DNS:localhost,IP:127.0.0.1")
+    issue(directory, "ca", "elsewhere", "DNS:other.example")
+    issue(directory, "ca", "client", "DNS:client.example")
+    issue(directory, "stranger", "intruder", "DNS:client.example")
+    return directory
+
+
+@pytest.fixture
+def tls_server(start_server, pki):
+    def start(cert: str = "server", *args: str):
+        return start_server("--tls-cert", str(pki / (cert + ".pem")),
+                            "--tls-key", str(pki / (cert + ".key")), *args)
+
+    return start
+
+
+def client(server, *args: str, **kwargs):
+    return run_greencmd("client", "--port", str(server.port), *args, **kwargs)
+
+
+def test_a_good_handshake(tls_server, pki):
+    server = tls_server()
+    result = client(server, "--cafile", str(pki / "ca.pem"), "help")
+    assert (result.returncode, result.stdout, result.stderr) == (0, HELP, b"")
+
+
+def test_requests_from_stdin_over_tls(tls_server, pki):
+    server = tls_server()
+    result = client(server, "--cafile", str(pki / "ca.pem"), input=b"help\nbogus\n")
+    assert (result.returncode, result.stdout) == (1, HELP + NOT_FOUND)
+
+
+def test_an_unknown_ca_is_exit_3_and_one_log_line(tls_server, pki):
+    server = tls_server()
+    result = client(server, "--cafile", str(pki / "stranger.pem"), "help")
+    assert result.returncode == 3
+    assert result.stderr.startswith(b"greencmd: TLS handshake with 127.0.0.1:%d failed: "
+                                    b"certificate verify failed" % server.port)
+    assert result.stderr.count(b"\n") == 1
+    server.wait_for_log(lambda line: "TLS handshake failed: " in line)
+    assert server.count_log("Traceback") == 0
+
+
+def test_a_wrong_host_name_is_exit_3(tls_server, pki):
+    server = tls_server("elsewhere")
+    result = client(server, "--cafile", str(pki / "ca.pem"), "help")
+    assert result.returncode == 3
+    assert b"certificate verify failed: IP address mismatch" in result.stderr
+
+
+def test_mutual_tls_with_a_client_certificate(tls_server, pki):
+    server = tls_server("server", "--tls-client-ca", str(pki / "ca.pem"))
+    result = client(server, "--cafile", str(pki / "ca.pem"), "--cert", str(pki / "client.pem"),
+                    "--key", str(pki / "client.key"), "help")
+    assert (result.returncode, result.stdout) == (0, HELP)
+
+
+@pytest.mark.parametrize("who", [None, "intruder"])
+def test_mutual_tls_without_a_good_client_certificate_is_refused(tls_server, pki, who):
+    server = tls_server("server", "--tls-client-ca", str(pki / "ca.pem"))
+    extra = [] if who is None else ["--cert", str(pki / (who + ".pem")),
+                                     "--key", str(pki / (who + ".key"))]
+    result = client(server, "--cafile", str(pki / "ca.pem"), *extra, "help")
+    assert result.returncode == 3
+    assert result.stdout == b""
+    server.wait_for_log(lambda line: "TLS handshake failed: " in line)
+    assert server.count_log("Cmd received") == 0
+    assert server.count_log("Traceback") == 0
+
+
+def test_a_plain_client_on_a_tls_port_gets_nothing(tls_server):
+    server = tls_server()
+    assert server.talk(b"help\n") == b""
+    server.wait_for_log(lambda line: "TLS handshake failed: " in line)
+    result = client(server, "help")
+    assert result.returncode == 3
+
+
+def test_a_client_that_never_handshakes_is_dropped_after_ten_seconds(tls_server, pki):
+    server = tls_server()
+    with server.connect(timeout=30) as sock:
+        started = time.monotonic()
+        try:
+            assert sock.recv(100) == b""
+        except ConnectionResetError:
+            pass  # dropped either way (the twin aborts)
+        assert 9 < time.monotonic() - started < 20
+    server.wait_for_log(lambda line: "TLS handshake failed: no handshake within 10 seconds"
+                        in line)
+    with tls_socket(server, pki) as sock:  # and it still serves
+        sock.sendall(b"help\n")
+        assert read_until(sock, b"\n") == HELP
+
+
+def tls_socket(server, pki) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    return context.wrap_socket(server.connect(), server_hostname="127.0.0.1")
+
+
+def test_garbage_after_the_handshake_ends_only_that_session(tls_server, pki):
+    server = tls_server()
+    with tls_socket(server, pki) as sock:
+        sock.sendall(b"\x00\xff\x1b garbage\n")
+        assert read_until(sock, b"\n") == NOT_FOUND
+        raw = socket.socket(fileno=sock.fileno())  # below TLS: bytes that are no record
+        raw.sendall(b"\x17\x03\x03\x00\x05hello, not encrypted")
+        raw.detach()
+        with pytest.raises((ssl.SSLError, OSError)):
+            while sock.recv(100):
+                pass
+    with tls_socket(server, pki) as sock:
+        sock.sendall(b"help\n")
+        assert read_until(sock, b"\n") == HELP
+    assert server.count_log("Traceback") == 0
+
+
+def test_follow_and_the_line_protocol_work_over_tls(tls_server, pki):
+    server = tls_server()
+    with tls_socket(server, pki) as sock:
+        sock.sendall(b"follow 1\n")
+        assert read_until(sock, b"sample log\n") == (b"Begin follow\nline 20 of the sample "
+                                                     b"log\n")
+        sock.sendall(b"\n")
+        assert read_until(sock, b"End follow\n") == b"End follow\n"
+        sock.sendall(b"comhash /nope\n")
+        assert read_until(sock, b"\n").startswith(b"An error occured: [Errno 2]")
+
+
+def test_the_fleet_client_over_tls(tls_server, pki):
+    servers = [tls_server(), tls_server()]
+    hosts = []
+    for server in servers:
+        hosts += ["--host", "127.0.0.1:%d" % server.port]
+    result = run_greencmd("client", *hosts, "--cafile", str(pki / "ca.pem"), "help")
+    assert result.returncode == 0, result.stdout
+    assert result.stderr == b"2 servers: 2 ok, 0 error replies, 0 unreachable\n"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--tls-cert", "server.pem"], b"--tls-cert and --tls-key go together"),
+    (["--tls-key", "server.key"], b"--tls-cert and --tls-key go together"),
+    (["--tls-cert", "server.pem", "--tls-key", "client.key"], b"cannot load the certificate"),
+    (["--tls-cert", "ca.srl", "--tls-key", "server.key"], b"cannot load the certificate"),
+    (["--tls-client-ca", "ca.pem"], b"--tls-client-ca needs --tls-cert"),
+])
+def test_bad_tls_options_exit_2(pki, args, words):
+    result = run_greencmd("serve", "--port", "0", "--log-file", "", *args, cwd=pki)
+    assert result.returncode == 2
+    assert words in result.stderr and b"Traceback" not in result.stderr
