@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import sys
+import textwrap
 
 import click
 from click.core import ParameterSource
@@ -378,8 +379,10 @@ def _pair_names() -> list[str]:
 def compare(name: str | None, width: int | None) -> None:  # noqa: D103 (help below)
     """Show gevent code beside its Twisted Deferred-chain twin.
 
-    NAME picks one pair, in any case; without it, every pair is shown. The
-    pairs: {names}.
+    NAME picks one pair, in any case; without it, every pair is shown. The pairs:
+
+    \b
+    {names}
 
     Works without Twisted: the source is read as text.
     """
@@ -390,7 +393,10 @@ def compare(name: str | None, width: int | None) -> None:  # noqa: D103 (help be
     click.echo("\n\n".join(render_pair(pair, width) for pair in chosen))
 
 
-compare.help = compare.help.format(names=", ".join(_pair_names()))
+# \b keeps click from folding the list, so that no name is cut at its hyphen.
+compare.help = compare.help.format(names=textwrap.fill(
+    ", ".join(_pair_names()) + ".", 70, break_on_hyphens=False,
+    subsequent_indent="    "))
 
 
 @cli.command()
