@@ -87,7 +87,8 @@ class Session:
         """Serve the client until it is done and log why; return the goodbye.
 
         The goodbye is what :meth:`Connection.hang_up` sends on the way out:
-        b"" after a clean end, a last line ("Line too long.", a bye), or None
+        b"" for nothing more (a clean end, or another protocol on the port), a
+        last line ("Line too long.", a bye, "Authentication failed."), or None
         when the client is gone. Nothing the client does makes it raise.
         """
         try:
