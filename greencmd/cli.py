@@ -20,6 +20,7 @@ from . import __version__, client, protocol
 from .auth import is_loopback, read_token_file
 from .config import ServerConfig
 from .errors import BindError, describe_os_error
+from .hosts import parse_target, targets
 
 __all__ = ["cli", "main"]
 
@@ -303,7 +304,11 @@ def client_command(ctx: click.Context, hosts: tuple[str, ...], port: int, timeou
         tls_files = (cafile, cert, key) if context is not None else None
         sys.exit(_fleet(hosts, hosts_file, port, timeout, parallel, token, tls_files,
                         os.fsencode(line), as_json, out))
-    endpoint = client.Endpoint(hosts[0], port, unix, context)
+    try:
+        target = parse_target(hosts[0], port)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--host") from None
+    endpoint = client.Endpoint(target.host, target.port, unix, context)
     try:
         if command and client.is_follow(os.fsencode(line)):
             status = client.follow(endpoint, timeout, os.fsencode(line), out, token)
@@ -330,7 +335,7 @@ def _fleet(hosts: tuple[str, ...], hosts_file: str | None, port: int, timeout: f
         raise click.UsageError("with more than one server, give the COMMAND on the command "
                                "line (requests from stdin go to one server only)")
     try:
-        found = fleet.targets(hosts, hosts_file, port)
+        found = targets(hosts, hosts_file, port)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--host/--hosts-file") from None
     if not found:

@@ -12,7 +12,6 @@ server's name, until Ctrl-C stops every follow cleanly.
 from __future__ import annotations
 
 import json
-import re
 import signal
 import ssl
 import sys
@@ -28,19 +27,12 @@ from gevent.pool import Pool
 from . import protocol
 from .client import no_more_requests
 from .errors import describe_os_error
+from .hosts import Target
 from .tls import client_context, describe_tls_error
 
-__all__ = ["Target", "Outcome", "parse_target", "read_hosts_file", "targets", "run"]
+__all__ = ["Outcome", "ask", "run"]
 
 OK, FAILED, UNREACHABLE = 0, 1, 3
-
-
-class Target(NamedTuple):
-    """One server: where it is, and how its lines are prefixed."""
-
-    host: str
-    port: int
-    label: str
 
 
 class Outcome(NamedTuple):
@@ -51,63 +43,6 @@ class Outcome(NamedTuple):
     reply: bytes
     error: str | None
     seconds: float
-
-
-_WITH_PORT = re.compile(r"\[(?P<v6>[^\]]+)\]:(?P<port6>[^:]*)|(?P<host>[^:\[\]]+):(?P<port>[^:]*)")
-
-
-def parse_target(text: str, default_port: int) -> Target:
-    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address; raises ValueError."""
-    text = text.strip()
-    match = _WITH_PORT.fullmatch(text)
-    if match:
-        host = match["v6"] or match["host"]
-        port_text = match["port6"] if match["v6"] else match["port"]
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError("bad port %r in %r" % (port_text, text))
-        port = int(port_text)
-    elif text.startswith("[") and text.endswith("]"):
-        host, port = text[1:-1], default_port
-    elif text and not any(c in text for c in "[] \t"):
-        host, port = text, default_port  # a name, an IPv4 address, or a bare IPv6 address
-    else:
-        raise ValueError("%r is not HOST, HOST:PORT or [IPV6]:PORT" % text)
-    if port == default_port:
-        label = host
-    else:
-        label = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
-    return Target(host, port, label)
-
-
-def read_hosts_file(path: str, default_port: int) -> list[Target]:
-    """The servers of a hosts file; blank lines and ``#`` lines skipped. Raises ValueError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError("cannot read %s: %s" % (path, getattr(exc, "strerror", None) or exc)) \
-            from None
-    found = []
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            found.append(parse_target(line, default_port))
-        except ValueError as exc:
-            raise ValueError("%s, line %d: %s" % (path, number, exc)) from None
-    return found
-
-
-def targets(hosts: tuple[str, ...], hosts_file: str | None, default_port: int) -> list[Target]:
-    """Every server named, in order, each once; raises ValueError."""
-    found = [parse_target(host, default_port) for host in hosts]
-    if hosts_file:
-        found += read_hosts_file(hosts_file, default_port)
-    unique: dict[tuple[str, int], Target] = {}
-    for target in found:
-        unique.setdefault((target.host, target.port), target)
-    return list(unique.values())
 
 
 def ask(target: Target, line: bytes, timeout: float, token: bytes | None,

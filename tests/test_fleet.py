@@ -196,3 +196,11 @@ def test_follow_prints_lines_as_they_arrive_and_ctrl_c_stops_all(servers, tmp_pa
     assert sorted(out.splitlines()) == sorted(label + b": End follow" for label in labels(found))
     assert err == b"2 servers: 2 ok, 0 error replies, 0 unreachable\n"
     assert client.returncode == 0
+
+
+def test_one_host_may_carry_its_port(servers):
+    found = servers(1)
+    result = run_greencmd("client", "--host", "127.0.0.1:%d" % found[0].port, "help")
+    assert (result.returncode, result.stdout, result.stderr) == (0, HELP, b"")
+    result = run_greencmd("client", "--host", "127.0.0.1:x", "help")
+    assert result.returncode == 2 and b"bad port 'x'" in result.stderr
