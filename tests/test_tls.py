@@ -18,11 +18,11 @@ def openssl(*args: str, cwd) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def issue(directory, ca: str, name: str, san: str) -> None:
+def issue(directory, ca: str, name: str, san: str, extra: str = "") -> None:
     """``name.pem`` and ``name.key``, signed by ``ca``, for the names in ``san``."""
     openssl("req", *EC, "-keyout", name + ".key", "-out", name + ".csr", "-subj",
             "/CN=" + name, cwd=directory)
-    (directory / (name + ".ext")).write_text("subjectAltName=%s\n" % san)
+    (directory / (name + ".ext")).write_text("subjectAltName=%s\n%s" % (san, extra))
     openssl("x509", "-req", "-in", name + ".csr", "-CA", ca + ".pem", "-CAkey", ca + ".key",
             "-CAcreateserial", "-out", name + ".pem", "-days", "2", "-extfile", name + ".ext",
             cwd=directory)
@@ -39,6 +39,13 @@ def pki(tmp_path_factory):
     issue(directory, "ca", "elsewhere", "DNS:other.example")
     issue(directory, "ca", "client", "DNS:client.example")
     issue(directory, "stranger", "intruder", "DNS:client.example")
+    # A chain, as most real certificates come: root -> intermediate -> server.
+    issue(directory, "ca", "intermediate", "DNS:intermediate.example",
+          "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+    issue(directory, "intermediate", "chained", "DNS:localhost,IP:127.0.0.1")
+    (directory / "chain.pem").write_bytes((directory / "chained.pem").read_bytes()
+                                          + (directory / "intermediate.pem").read_bytes())
+    (directory / "chain.key").write_bytes((directory / "chained.key").read_bytes())
     return directory
 
 
@@ -65,6 +72,12 @@ def test_requests_from_stdin_over_tls(tls_server, pki):
     server = tls_server()
     result = client(server, "--cafile", str(pki / "ca.pem"), input=b"help\nbogus\n")
     assert (result.returncode, result.stdout) == (1, HELP + NOT_FOUND)
+
+
+def test_a_certificate_chain_is_sent_whole(tls_server, pki):
+    server = tls_server("chain")  # the client trusts only the root
+    result = client(server, "--cafile", str(pki / "ca.pem"), "help")
+    assert (result.returncode, result.stdout, result.stderr) == (0, HELP, b"")
 
 
 def test_an_unknown_ca_is_exit_3_and_one_log_line(tls_server, pki):

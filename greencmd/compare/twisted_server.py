@@ -778,8 +778,14 @@ def tls_options(config: ServerConfig):
     from twisted.internet import ssl
 
     with open(config.tls_cert, "rb") as cert, open(config.tls_key, "rb") as key:
-        mine = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
+        chain, secret = cert.read(), key.read()
+    # The file may hold a chain: the server's certificate first, then intermediates.
+    blocks = [b"-----BEGIN CERTIFICATE-----" + block
+              for block in chain.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    mine = ssl.PrivateCertificate.loadPEM(blocks[0] + b"\n" + secret)
     options = {"privateKey": mine.privateKey.original, "certificate": mine.original,
+               "extraCertChain": [ssl.Certificate.loadPEM(block).original
+                                  for block in blocks[1:]],
                "raiseMinimumTo": ssl.TLSVersion.TLSv1_2}
     if config.tls_client_ca:
         with open(config.tls_client_ca, "rb") as ca:
