@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -59,8 +59,11 @@ class Runtime:
     stats: Stats
 
     @classmethod
-    def from_config(cls, config: ServerConfig) -> Runtime:
-        """Choose the lastlog source, load plugins, start the hashing threads."""
+    def from_config(cls, config: ServerConfig, sessions: Collection) -> Runtime:
+        """Choose the lastlog source, load plugins, start the hashing threads.
+
+        ``sessions``: the server's set of open sessions, which ``stats`` reads.
+        """
         source, tried = choose_lastlog_source(config)
         extras = load_extras(config.commands)
         commands = dict(BUILTINS)
@@ -69,7 +72,7 @@ class Runtime:
         for extra in extras.plugins:
             commands[extra.word] = Command(functools.partial(plugin, extra), waits=True)
         return cls(config, ThreadPool(config.hash_threads), source, tried, commands,
-                   extras.help(), Stats("gevent", config.max_clients, extras.names()))
+                   extras.help(), Stats("gevent", config.max_clients, extras.names(), sessions))
 
 
 def lastlog(runtime: Runtime, arg: bytes, system: str) -> bytes:

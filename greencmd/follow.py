@@ -42,7 +42,6 @@ def follow(session: Session, arg: bytes) -> bytes:
     except OSError as exc:
         return protocol.error("cannot run tail: %s" % exc)
     session.following = tail
-    runtime.stats.follows_open += 1
     stopper = None
     try:
         conn.write(protocol.FOLLOW_BEGIN + start.backlog)
@@ -57,7 +56,6 @@ def follow(session: Session, arg: bytes) -> bytes:
         ended = stopper.value if stopper.ready() else None
     finally:
         session.following = None
-        runtime.stats.follows_open -= 1
         if stopper is not None:
             stopper.kill()
         children.kill_and_reap(tail)

@@ -74,8 +74,8 @@ class CommandServer(StreamServer):
         else:  # a socket already listening (--workers): gevent takes no backlog then
             super().__init__(listener, spawn=pool)
         self.config = config
-        self.runtime = Runtime.from_config(config)
         self.sessions: set[Session] = set()
+        self.runtime = Runtime.from_config(config, self.sessions)
         self.closing = Event()
         self.tls = tls_context(config)
         self._reaper: gevent.Greenlet | None = None
@@ -133,12 +133,10 @@ class CommandServer(StreamServer):
             return
         session = Session(sock, host, number, self.config, self.runtime, self.closing)
         self.sessions.add(session)
-        stats.sessions_open += 1
         try:
             goodbye = session.run()
         finally:
             self.sessions.discard(session)  # a session saying goodbye holds no slot
-            stats.sessions_open -= 1
         session.conn.hang_up(goodbye)
 
     def _reap_idle_sessions(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Collection
 
 from . import __version__, protocol
 
@@ -19,18 +20,20 @@ __all__ = ["Stats"]
 class Stats:
     """Counters of one server process; ``reply()`` is the ``stats`` reply."""
 
-    __slots__ = ("engine", "sessions_max", "started", "sessions_open", "accepted",
-                 "refused", "unknown", "follows_open", "commands", "names")
+    __slots__ = ("engine", "sessions_max", "started", "sessions", "accepted", "refused",
+                 "unknown", "commands", "names")
 
-    def __init__(self, engine: str, sessions_max: int, names: dict[bytes, str]) -> None:
+    def __init__(self, engine: str, sessions_max: int, names: dict[bytes, str],
+                 sessions: Collection) -> None:
         self.engine = engine
         self.sessions_max = sessions_max
         self.started = time.monotonic()
-        self.sessions_open = 0
+        #: The server's own set of open sessions (each with ``following``, the tail
+        #: of a follow or None): what is open now is read from it, not counted.
+        self.sessions = sessions
         self.accepted = 0
         self.refused = 0
         self.unknown = 0  # requests answered "Command not found."
-        self.follows_open = 0
         #: Command word -> its figure's name; every known command, served or not.
         self.names = {word: "command_" + name.lower().replace("-", "_")
                       for word, name in names.items()}
@@ -50,11 +53,11 @@ class Stats:
             ("engine", self.engine),
             ("pid", os.getpid()),
             ("uptime_seconds", "%.1f" % (time.monotonic() - self.started)),
-            ("sessions_open", self.sessions_open),
+            ("sessions_open", len(self.sessions)),
             ("sessions_max", self.sessions_max),
             ("sessions_accepted", self.accepted),
             ("sessions_refused", self.refused),
-            ("follows_open", self.follows_open),
+            ("follows_open", sum(s.following is not None for s in self.sessions)),
             ("commands_served", sum(self.commands.values()) + self.unknown),
             ("commands_unknown", self.unknown),
         ]

@@ -542,9 +542,7 @@ class CmdSession(LineReceiver):
 
     def stats(self, arg: bytes) -> bytes:
         """``stats``: the factory's counters."""
-        stats = self.factory.stats
-        stats.sessions_open = len(self.factory.sessions)
-        return stats.reply()
+        return self.factory.stats.reply()
 
     # -- follow -------------------------------------------------------------------
 
@@ -566,7 +564,6 @@ class CmdSession(LineReceiver):
             return protocol.error("cannot run tail: %s" % exc)
         self.transport.write(protocol.FOLLOW_BEGIN + start.backlog)
         self.following = tail
-        factory.stats.follows_open += 1
         self.paused = True
         self.stop_idle_clock()
         if b"\n" in self._buffer or self.eof:  # pipelined: stop once the backlog is out
@@ -586,7 +583,6 @@ class CmdSession(LineReceiver):
     def end_follow(self) -> None:
         """Write the follow's last bytes and ``End follow``; kill tail if it still runs."""
         tail, self.following = self.following, None
-        self.factory.stats.follows_open -= 1
         self.factory.stats.served(b"follow")
         self.stop_stall_clock()
         tail.stop()
@@ -678,8 +674,8 @@ class CmdFactory(ServerFactory):
         self.lastlog_source, self.lastlog_tried = choose_lastlog_source(config)
         self.extras = load_extras(config.commands)
         self.help = self.extras.help()
-        self.stats = Stats("twisted", config.max_clients, self.extras.names())
         self.sessions: set[CmdSession] = set()
+        self.stats = Stats("twisted", config.max_clients, self.extras.names(), self.sessions)
         self.connected: set[CmdSession] = set()  # sessions, refusals, lingering hang-ups
         self.closing = False
         self.port = None
