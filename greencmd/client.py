@@ -71,7 +71,24 @@ def connect(endpoint: Endpoint, timeout: float) -> socket.socket:
 
 
 class Refused(Exception):
-    """The server refused our token; the message is its line (client exit 1)."""
+    """The server refused our token; the message is its line ("" if it said nothing)."""
+
+
+def authenticate(sock: socket.socket, token: bytes) -> None:
+    """Send ``auth TOKEN`` and read the reply line; raises Refused unless authenticated.
+
+    Raises OSError (TimeoutError included) when the connection fails. Plain code
+    for any socket: the fleet calls it on gevent's.
+    """
+    sock.sendall(b"auth " + token + b"\n")
+    reply = b""
+    while not reply.endswith(b"\n"):
+        data = sock.recv(256)
+        if not data:
+            break
+        reply += data
+    if reply != protocol.AUTHENTICATED:
+        raise Refused(reply.decode("utf-8", "replace").strip())
 
 
 def open_session(endpoint: Endpoint, timeout: float, token: bytes | None) -> socket.socket:
@@ -84,21 +101,15 @@ def open_session(endpoint: Endpoint, timeout: float, token: bytes | None) -> soc
         return sock
     where = endpoint.where
     try:
-        _send_or_close(sock, b"auth " + token + b"\n", where)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            data = _recv(sock, timeout, where)
-            if not data:
-                break
-            reply += data
-    except BaseException:
+        authenticate(sock, token)
+    except Refused as refused:
         sock.close()
-        raise
-    if reply != protocol.AUTHENTICATED:
+        if not str(refused):
+            raise ClientError("%s closed the connection without a reply" % where) from None
+        raise Refused("%s: %s" % (where, refused)) from None
+    except OSError as exc:
         sock.close()
-        if not reply:
-            raise ClientError("%s closed the connection without a reply" % where)
-        raise Refused("%s: %s" % (where, reply.decode("utf-8", "replace").strip()))
+        raise _lost(exc, where, timeout) from None
     return sock
 
 
@@ -282,8 +293,12 @@ def _copy_replies(sock: socket.socket, out: BinaryIO, timeout: float, where: str
 def _recv(sock: socket.socket, timeout: float | None, where: str) -> bytes:
     try:
         return sock.recv(RECV_SIZE)
-    except TimeoutError:
-        raise ClientError("no reply from %s within %g seconds" % (where, timeout)) from None
     except OSError as exc:
-        raise ClientError("connection to %s lost: %s" % (where, describe_os_error(exc))) \
-            from None
+        raise _lost(exc, where, timeout) from None
+
+
+def _lost(exc: OSError, where: str, timeout: float | None) -> ClientError:
+    """A failed read as the one sentence the user sees."""
+    if isinstance(exc, TimeoutError):
+        return ClientError("no reply from %s within %g seconds" % (where, timeout))
+    return ClientError("connection to %s lost: %s" % (where, describe_os_error(exc)))

@@ -25,7 +25,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 
 from . import protocol
-from .client import no_more_requests
+from .client import Refused, authenticate, no_more_requests
 from .errors import describe_os_error
 from .hosts import Target
 from .tls import client_context, describe_tls_error
@@ -61,7 +61,7 @@ def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
         if tls is not None:
             sock = tls.wrap_socket(sock, server_hostname=target.host)
         if token is not None:
-            _authenticate(sock, token)
+            authenticate(sock, token)
         sock.sendall(line + b"\n")
         if stop is None:
             no_more_requests(sock)
@@ -76,7 +76,8 @@ def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
         return _failed(target, received, "TLS handshake failed: %s" % describe_tls_error(exc),
                        started)
     except Refused as exc:
-        return Outcome(target, FAILED, b"".join(received), str(exc), _since(started))
+        return Outcome(target, FAILED, b"".join(received), str(exc) or "no reply to auth",
+                       _since(started))
     except OSError as exc:
         return _failed(target, received, describe_os_error(exc), started)
     finally:
@@ -86,22 +87,6 @@ def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
     if not reply:
         return _failed(target, received, "closed the connection without a reply", started)
     return Outcome(target, FAILED if replies.failed else OK, reply, None, _since(started))
-
-
-class Refused(Exception):
-    """The server refused the token."""
-
-
-def _authenticate(sock: socket.socket, token: bytes) -> None:
-    sock.sendall(b"auth " + token + b"\n")
-    reply = b""
-    while not reply.endswith(b"\n"):
-        data = sock.recv(256)
-        if not data:
-            break
-        reply += data
-    if reply != protocol.AUTHENTICATED:
-        raise Refused(reply.decode("utf-8", "replace").strip() or "no reply to auth")
 
 
 def _stream(sock, on_line, stop: Event, timeout: float, replies, received) -> None:
