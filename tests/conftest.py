@@ -180,6 +180,15 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of /proc/PID/status in KiB: VmRSS (now) or VmHWM (the peak)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError("no %s for %d" % (field, pid))
+
+
 def wait_until(predicate, timeout: float = 15, message: str = "condition") -> None:
     """Poll ``predicate`` until it holds; fail the test if it never does."""
     deadline = time.monotonic() + timeout

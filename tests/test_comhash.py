@@ -4,7 +4,7 @@ import os
 import socket
 
 import pytest
-from conftest import BIG, HELP, hash_line, read_all, read_until, sha1_of_file
+from conftest import BIG, HELP, hash_line, memory_kib, read_all, read_until, sha1_of_file
 
 from greencmd import protocol
 
@@ -117,15 +117,8 @@ def test_slow_hash_does_not_hold_up_other_sessions(server, tmp_path):
     # and the hash arrives afterwards, right, with flat memory on the server.
     assert read_until(slow, b"\n") == sha1_of_file(big)
     slow.close()
-    assert peak_rss_kib(server.proc.pid) < 200 * 1024
+    assert memory_kib(server.proc.pid, "VmHWM") < 200 * 1024
 
-
-def peak_rss_kib(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
 
 
 def test_concurrent_hashes_each_get_their_own_reply(start_server, tmp_path):

@@ -13,6 +13,7 @@ from conftest import (
     SAMPLE_LINES,
     hash_line,
     lastlog_of,
+    memory_kib,
     read_all,
     read_until,
     wait_until,
@@ -180,14 +181,10 @@ def test_a_session_that_said_bye_no_longer_holds_its_slot(start_server):
             assert read_until(second, b"\n") == HELP
 
 
-def rss_kib(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
 
 def test_a_client_that_pipelines_and_never_reads_costs_bounded_memory(start_server):
     server = start_server("--quiet")
-    before = rss_kib(server.proc.pid)
+    before = memory_kib(server.proc.pid)
     chunk = b"help\n" * 13000  # 65 KB of requests, ten times as many bytes of replies
     sent = 0
     with server.connect() as greedy:
@@ -200,5 +197,5 @@ def test_a_client_that_pipelines_and_never_reads_costs_bounded_memory(start_serv
             pass
         # Others are served meanwhile, and the server holds little for the greedy one.
         assert server.talk(b"help\n", timeout=10) == HELP
-        assert rss_kib(server.proc.pid) - before < 24 << 10
+        assert memory_kib(server.proc.pid) - before < 24 << 10
     assert sent < 32 << 20

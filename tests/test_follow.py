@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import HELP, greencmd_env, read_all, read_until, wait_until
+from conftest import HELP, greencmd_env, memory_kib, read_all, read_until, wait_until
 
 BAD_COUNT = b"An error occured: follow takes a line count from 1 to 1000\n"
 
@@ -153,17 +153,10 @@ def test_a_stop_line_that_is_too_long_stops_then_is_refused(followed):
         assert read_all(sock) == b"End follow\nLine too long.\n"
 
 
-def rss_kib(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
 
 def test_a_client_that_never_reads_stalls_only_itself_then_is_dropped(followed):
     server, source = followed("--idle-timeout", "3")
-    before = rss_kib(server.proc.pid)
+    before = memory_kib(server.proc.pid)
     sock = server.connect()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.sendall(b"follow 1\n")
@@ -174,10 +167,10 @@ def test_a_client_that_never_reads_stalls_only_itself_then_is_dropped(followed):
             f.write((line + b"\n") * 1024)
     # Another session is served meanwhile.
     assert server.talk(b"help\n") == HELP
-    assert rss_kib(server.proc.pid) - before < 32 * 1024
+    assert memory_kib(server.proc.pid) - before < 32 * 1024
     server.wait_for_log(lambda text: "Reason: Idle timeout." in text, timeout=20)
     wait_until(lambda: not server.children(), message="tail killed and reaped")
-    assert rss_kib(server.proc.pid) - before < 32 * 1024
+    assert memory_kib(server.proc.pid) - before < 32 * 1024
     sock.close()
 
 
