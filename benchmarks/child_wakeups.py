@@ -7,7 +7,7 @@ runs ``tail`` on a small file, reads its output, waits for it and replies. Four
 client threads (in another process) open connections, send a line and close,
 as fast as they can. Run once with ``gevent.subprocess`` (exit seen through
 gevent's SIGCHLD handler and libev child watchers) and once with
-``greencmd.fast_subprocess`` (exit seen on a pidfd), each in a fresh process.
+``greencmd.gevent_engine.fast_subprocess`` (exit seen on a pidfd), each in a fresh process.
 
 Prints, for each, the requests handled and the handlers still waiting
 ``--wait`` seconds after the last client left. Any handler still waiting then
@@ -33,7 +33,7 @@ from gevent.server import StreamServer
 if %(which)r == "gevent.subprocess":
     from gevent.subprocess import DEVNULL, PIPE, STDOUT, Popen
 else:
-    from greencmd.fast_subprocess import DEVNULL, PIPE, STDOUT, Popen
+    from greencmd.gevent_engine.fast_subprocess import DEVNULL, PIPE, STDOUT, Popen
 waiting, handled = set(), [0]
 
 def handle(sock, address):
@@ -97,7 +97,7 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".log") as source:
         source.writelines("line %d of a fixed log\n" % i for i in range(40))
         source.flush()
-        for which in ("gevent.subprocess", "greencmd.fast_subprocess"):
+        for which in ("gevent.subprocess", "greencmd.gevent_engine.fast_subprocess"):
             handled, stuck = run(which, source.name, args.connections, args.wait)
             print("%-26s %5d requests handled, %d still waiting %gs after the clients left"
                   % (which, handled, stuck, args.wait))

@@ -49,7 +49,7 @@ server.serve_forever()
 def bench(scenario: str, options: list[str]) -> dict:
     """One ``greencmd bench`` scenario against a fresh bare server; its JSON result."""
     sys.path.insert(0, REPO)
-    from greencmd import protocol
+    from greencmd.core import protocol
 
     server = subprocess.Popen(taskset("0") + [
         sys.executable, "-c", SERVER % (protocol.HELP, protocol.COMMAND_NOT_FOUND)],

@@ -20,9 +20,9 @@ import yappi
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from greencmd.config import ServerConfig  # noqa: E402
-from greencmd.logs import setup_logging  # noqa: E402
-from greencmd.server import CommandServer, start_log_flushing  # noqa: E402
+from greencmd.core.logs import setup_logging  # noqa: E402
+from greencmd.core.settings import ServerConfig  # noqa: E402
+from greencmd.gevent_engine.server import CommandServer, start_log_flushing  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Child processes per second: gevent.subprocess against greencmd.fast_subprocess.
+"""Child processes per second: gevent.subprocess against gevent_engine.fast_subprocess.
 
     python benchmarks/spawn.py [--count 2000] [--concurrency 10]
 
@@ -27,7 +27,7 @@ from gevent.pool import Pool
 if %(which)r == "gevent.subprocess":
     from gevent.subprocess import DEVNULL, PIPE, STDOUT, Popen
 else:
-    from greencmd.fast_subprocess import DEVNULL, PIPE, STDOUT, Popen
+    from greencmd.gevent_engine.fast_subprocess import DEVNULL, PIPE, STDOUT, Popen
 
 def one(_):
     child = Popen(["tail", "-n", "10", %(source)r], stdin=DEVNULL, stdout=PIPE,
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    variants = ("gevent.subprocess", "greencmd.fast_subprocess")
+    variants = ("gevent.subprocess", "greencmd.gevent_engine.fast_subprocess")
     with tempfile.NamedTemporaryFile("w", suffix=".log") as source:
         source.writelines("line %d of a fixed log\n" % i for i in range(40))
         source.flush()

@@ -1,5 +1,5 @@
 """``python -m greencmd``: the same as the ``greencmd`` command."""
 
-from .cli import main
+from .tools.cli import main
 
 main()

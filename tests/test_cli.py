@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import HELP, NOT_FOUND, SAMPLE_LINES, greencmd_env, lastlog_of, run_greencmd
 
-from greencmd.cli import cli
+from greencmd.tools.cli import cli
 
 
 @pytest.mark.parametrize("args", [

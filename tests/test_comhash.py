@@ -6,7 +6,7 @@ import socket
 import pytest
 from conftest import BIG, HELP, hash_line, memory_kib, read_all, read_until, sha1_of_file
 
-from greencmd import protocol
+from greencmd.core import protocol
 
 
 def test_hash_of_a_file(server, tmp_path):

@@ -12,8 +12,8 @@ import click
 import pytest
 from conftest import REPO
 
-from greencmd.cli import serve
-from greencmd.configfile import load
+from greencmd.core.configfile import load
+from greencmd.tools.cli import serve
 
 SYSTEMD = REPO / "examples" / "systemd"
 

@@ -7,7 +7,7 @@ import struct
 import pytest
 from conftest import HELP, SAMPLE_LINES, lastlog_of, read_all, read_until, wait_until
 
-from greencmd.config import LASTLOG_CANDIDATES
+from greencmd.core.settings import LASTLOG_CANDIDATES
 
 BAD_COUNT = b"An error occured: lastlog takes a line count from 1 to 1000\n"
 

@@ -59,7 +59,9 @@ def test_twisted_engine_without_twisted_says_how_to_install_it(tmp_path):
 
 
 def test_gevent_engine_never_imports_twisted():
-    code = ("import sys, greencmd.cli, greencmd.server, greencmd.client, greencmd.commands;"
+    code = ("import sys, greencmd.tools.cli, greencmd.gevent_engine.server,"
+            " greencmd.client.single,"
+            " greencmd.client.fleet, greencmd.gevent_engine.commands;"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'twisted'))")
     out = subprocess.run([sys.executable, "-c", code], env=greencmd_env(), capture_output=True,
                          timeout=30)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -30,6 +32,8 @@ notstr = "greencmd_test_plugins.ok:notstr"
 nap = "greencmd_test_plugins.ok:nap"
 Echo = "greencmd_test_plugins.ok:echo"
 spawn = "greencmd_test_plugins.ok:spawn"
+badstr = "greencmd_test_plugins.ok:badstr"
+swallow = "greencmd_test_plugins.ok:swallow"
 
 [tool.setuptools]
 packages = ["greencmd_test_plugins"]
@@ -60,6 +64,25 @@ def nap(arg):
 def spawn(arg):
     import gevent.subprocess
     return gevent.subprocess.check_output(["echo", "spawned"]).decode()
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("cannot print me")
+
+
+def badstr(arg):
+    raise Unprintable()
+
+
+def swallow(arg):
+    # A plugin that catches everything it thinks is an error, as plugins do.
+    try:
+        gevent.sleep(1.5)
+    except Exception as exc:
+        with open(arg, "w") as f:
+            f.write(type(exc).__name__)
+    return "slept"
 """,
 }
 
@@ -95,8 +118,8 @@ def plugged(start_server, plugin_site):
 
 def test_help_lists_plugins_by_name_after_the_built_ins(plugged):
     assert plugged().talk(b"help\n") == (
-        b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit, boom, disk, "
-        b"Echo, loadavg, nap, notstr, spawn\n")
+        b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit, badstr, boom, "
+        b"disk, Echo, loadavg, nap, notstr, spawn, swallow\n")
 
 
 def test_the_example_plugin_answers(plugged, tmp_path):
@@ -116,10 +139,21 @@ def test_a_plugin_that_raises_gets_the_error_line_and_one_logged_traceback(plugg
     assert server.talk(b"boom now\ndisk /no/such/dir\nhelp\n").splitlines()[:2] == [
         b"An error occured: boom went now",
         b"An error occured: [Errno 2] No such file or directory: '/no/such/dir'"]
-    server.wait_for_log(lambda line: "ValueError: boom went now" in line)
-    assert server.count_log("Command boom (greencmd_test_plugins.ok:boom) failed:") == 1
-    assert server.count_log("Traceback (most recent call last):") == 2
+    server.wait_for_log(lambda line: "failed: ValueError: boom went now" in line)
+    assert server.count_log("Command boom (greencmd_test_plugins.ok:boom) failed: "
+                            "ValueError: boom went now") == 1
+    server.wait_for_count("Traceback (most recent call last):", 2)
     assert server.talk(b"echo still here\n") == b"echo: still here\n"
+
+
+def test_a_plugin_failing_again_and_again_logs_one_line_each_not_a_flood(plugged):
+    server = plugged("--quiet")
+    reply = server.talk(b"boom now\n" * 50 + b"echo done\n")
+    assert reply == b"An error occured: boom went now\n" * 50 + b"echo: done\n"
+    server.wait_for_count("Command boom (greencmd_test_plugins.ok:boom) failed", 50)
+    # The traceback once a minute per command: 50 failures cost 50 lines and one traceback.
+    assert server.count_log("Traceback (most recent call last):") == 1
+    assert server.count_log("\t") < 30
 
 
 def test_a_plugin_that_returns_no_string_is_an_error(plugged):
@@ -167,3 +201,23 @@ def test_a_plugin_using_gevent_subprocess_leaves_lastlog_working(plugged):
     for _ in range(3):
         assert server.talk(b"lastlog 1\n") == b"Begin lastlog\nline 20 of the sample log\n" \
             b"End lastlog\n"
+
+
+def test_a_plugin_exception_that_cannot_be_printed_costs_one_request(plugged):
+    server = plugged()
+    reply = server.talk(b"help\nbadstr\necho after\n")
+    assert reply.splitlines()[1:] == [b"An error occured: Unprintable", b"echo: after"]
+    server.wait_for_log(lambda line: "Command badstr" in line and "Unprintable" in line)
+
+
+def test_a_reset_is_not_an_exception_a_plugin_can_swallow(plugged, tmp_path):
+    server = plugged()
+    marker = tmp_path / "caught"
+    with server.connect() as sock:
+        sock.sendall(b"swallow %s\n" % bytes(marker))
+        time.sleep(0.3)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.wait_for_log(lambda line: "Connection was reset by peer." in line)
+    time.sleep(1.6)  # past the plugin's own sleep
+    assert not marker.exists(), marker.read_text()
+    assert server.count_log("Command swallow") == 0

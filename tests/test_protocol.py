@@ -2,9 +2,10 @@
 
 import pytest
 
-from greencmd import jobs, protocol
-from greencmd.commands import BUILTINS
-from greencmd.protocol import LineBuffer, Request, parse_request
+from greencmd.core import logtail, protocol
+from greencmd.core.logtail import LastlogSource
+from greencmd.core.protocol import LineBuffer, Request, parse_request
+from greencmd.gevent_engine.commands import BUILTINS
 
 
 def feed_bytewise(buffer: LineBuffer, data: bytes) -> list[bytes]:
@@ -193,18 +194,18 @@ def test_follow_lines_pass_on_a_giant_line_without_holding_it():
 def test_follow_start_reads_whole_lines_and_starts_tail_after_them(tmp_path):
     source = tmp_path / "log"
     source.write_bytes(b"1\n2\n==> h <==\n3\nhalf")
-    start = jobs.follow_start(b"2", str(source), (str(source),))
+    start = logtail.follow_start(b"2", LastlogSource(str(source), (str(source),)))
     assert start.backlog == b"3\n"  # tail counts the header line, follow leaves it out
     assert start.argv == ["tail", "-c", "+%d" % (len(b"1\n2\n==> h <==\n3\n") + 1), "-F",
                           "--", str(source)]
-    everything = jobs.follow_start(b"1000", str(source), (str(source),))
+    everything = logtail.follow_start(b"1000", LastlogSource(str(source), (str(source),)))
     assert everything.backlog == b"1\n2\n3\n"
 
 
 def test_follow_start_of_a_long_file_reads_only_its_end(tmp_path):
     source = tmp_path / "log"
     source.write_bytes(b"".join(b"line %d\n" % i for i in range(200000)))
-    start = jobs.follow_start(b"3", str(source), (str(source),))
+    start = logtail.follow_start(b"3", LastlogSource(str(source), (str(source),)))
     assert start.backlog == b"line 199997\nline 199998\nline 199999\n"
     assert start.argv[2] == "+%d" % (source.stat().st_size + 1)
 
@@ -213,7 +214,7 @@ def test_follow_start_of_a_long_file_reads_only_its_end(tmp_path):
 def test_follow_start_of_a_file_without_whole_lines(tmp_path, content):
     source = tmp_path / "log"
     source.write_bytes(content)
-    start = jobs.follow_start(b"", str(source), (str(source),))
+    start = logtail.follow_start(b"", LastlogSource(str(source), (str(source),)))
     assert start.backlog == b""
     assert start.argv[2] == "+1"
 
@@ -221,7 +222,7 @@ def test_follow_start_of_a_file_without_whole_lines(tmp_path, content):
 def test_follow_start_refuses_a_backlog_over_the_limit(tmp_path):
     source = tmp_path / "log"
     source.write_bytes((b"w" * 8191 + b"\n") * 1000)
-    with pytest.raises(jobs.Refused) as refused:
-        jobs.follow_start(b"1000", str(source), (str(source),))
+    with pytest.raises(protocol.Refused) as refused:
+        logtail.follow_start(b"1000", LastlogSource(str(source), (str(source),)))
     assert refused.value.reply.startswith(b"An error occured: follow of '%s': the last 1000 "
                                           b"lines are over 4 MiB" % bytes(source))

@@ -7,7 +7,7 @@ import struct
 import pytest
 from conftest import HELP, NOT_FOUND, SAMPLE_LINES, lastlog_of, read_all, read_until, wait_until
 
-from greencmd import protocol
+from greencmd.core import protocol
 
 
 def test_help_and_unknown_command(server):

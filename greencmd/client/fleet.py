@@ -1,0 +1,193 @@
+"""``greencmd client`` with many servers: the same request to all of them at once.
+
+A gevent program written as blocking code: one greenlet per server runs
+:func:`ask` (connect, send, read the reply, each step bounded by ``--timeout``),
+a ``Pool`` keeps ``--parallel`` of them running, and the main greenlet prints
+each server's reply as one block when it is complete. So the request to 500
+servers takes about as long as the slowest one, not the sum of them.
+``follow`` is the exception: its lines are printed as they arrive, each with its
+server's name, until Ctrl-C stops every follow cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+import sys
+import time
+from typing import BinaryIO, NamedTuple, TextIO
+
+import gevent
+import gevent.ssl
+from gevent import socket
+from gevent.event import Event
+from gevent.pool import Pool
+
+from ..core import protocol
+from ..core.errors import describe_os_error
+from ..core.tls import client_context, describe_tls_error
+from .hosts import Target
+from .single import Refused, authenticate, no_more_requests
+
+__all__ = ["Outcome", "ask", "run"]
+
+OK, FAILED, UNREACHABLE = 0, 1, 3
+
+
+class Outcome(NamedTuple):
+    """What one server answered: exit status as the one-server client would have it."""
+
+    target: Target
+    exit: int
+    reply: bytes
+    error: str | None
+    seconds: float
+
+
+def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
+        tls: ssl.SSLContext | None = None, on_line=None, stop: Event | None = None) -> Outcome:
+    """Send ``line`` to one server and read its whole reply; never raises.
+
+    ``stop`` (follow): the request is not half-closed; once ``stop`` is set, the
+    stop line is sent. ``on_line``, if given, gets each line as it arrives.
+    """
+    started = time.monotonic()
+    replies = protocol.ReplyScanner()
+    received: list[bytes] = []
+    sock = None
+    try:
+        sock = socket.create_connection((target.host, target.port), timeout=timeout)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=target.host)
+        if token is not None:
+            authenticate(sock, token)
+        sock.sendall(line + b"\n")
+        if stop is None:
+            no_more_requests(sock)
+            while data := sock.recv(65536):
+                replies.feed(data)
+                received.append(data)
+        else:
+            _stream(sock, on_line, stop, timeout, replies, received)
+    except TimeoutError:
+        return _failed(target, received, "no reply within %g seconds" % timeout, started)
+    except ssl.SSLError as exc:
+        return _failed(target, received, "TLS handshake failed: %s" % describe_tls_error(exc),
+                       started)
+    except Refused as exc:
+        return Outcome(target, FAILED, b"".join(received), str(exc) or "no reply to auth",
+                       _since(started))
+    except OSError as exc:
+        return _failed(target, received, describe_os_error(exc), started)
+    finally:
+        if sock is not None:
+            sock.close()
+    reply = b"".join(received)
+    if not reply:
+        return _failed(target, received, "closed the connection without a reply", started)
+    return Outcome(target, FAILED if replies.failed else OK, reply, None, _since(started))
+
+
+def _stream(sock, on_line, stop: Event, timeout: float, replies, received) -> None:
+    """Follow: hand on each line as it comes; when ``stop`` is set, send the stop line."""
+    stopper = gevent.spawn(_stop_when_set, sock, stop)
+    try:
+        sock.settimeout(None)
+        pending = b""
+        while data := sock.recv(65536):
+            replies.feed(data)
+            received.append(data)
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                if on_line is not None:
+                    on_line(line)
+        if pending and on_line is not None:
+            on_line(pending)
+    finally:
+        stopper.kill()
+
+
+def _stop_when_set(sock: socket.socket, stop: Event) -> None:
+    stop.wait()
+    try:
+        sock.sendall(b"\n")  # the stop line
+        no_more_requests(sock)  # then the server closes
+    except OSError:
+        pass
+
+
+def _failed(target: Target, received: list[bytes], error: str, started: float) -> Outcome:
+    return Outcome(target, UNREACHABLE, b"".join(received), error, _since(started))
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
+
+
+def run(found: list[Target], line: bytes, timeout: float, parallel: int, token: bytes | None,
+        tls_files: tuple | None, out: BinaryIO, err: TextIO, as_json: bool) -> int:
+    """Ask every server, print each reply as it completes; return the exit status.
+
+    ``tls_files``: (cafile, cert, key) to speak TLS, or None.
+    A ``follow`` runs on every server at once (``parallel`` does not hold back
+    the rest until the first ones are stopped), until SIGINT or SIGTERM.
+    """
+    follow = protocol.parse_request(line).word == b"follow"
+    # (cafile, cert, key): a context whose sockets wait cooperatively.
+    tls = client_context(*tls_files, ssl_module=gevent.ssl) if tls_files else None
+    stop = Event()
+    handlers = [gevent.signal_handler(signum, stop.set)
+                for signum in (signal.SIGINT, signal.SIGTERM)] if follow else []
+
+    def ask_one(target: Target) -> Outcome:
+        on_line = _line_printer(out, target.label) if follow and not as_json else None
+        return ask(target, line, timeout, token, tls, on_line, stop if follow else None)
+
+    outcomes = []
+    try:
+        pool = Pool(len(found) if follow else parallel)
+        for outcome in pool.imap_unordered(ask_one, found):
+            _report(outcome, out, streamed=follow and not as_json, as_json=as_json)
+            outcomes.append(outcome)
+    finally:
+        for handler in handlers:
+            handler.cancel()
+    _summary(outcomes, err)
+    if any(o.exit == UNREACHABLE for o in outcomes):
+        return UNREACHABLE
+    return FAILED if any(o.exit == FAILED for o in outcomes) else OK
+
+
+def _line_printer(out: BinaryIO, label: str):
+    """Follow: print one server's line as it arrives, with its name."""
+    return lambda line: _print_lines(out, label, [line])
+
+
+def _report(outcome: Outcome, out: BinaryIO, streamed: bool, as_json: bool) -> None:
+    """Print one server's outcome: its block of lines (or its JSON object)."""
+    target = outcome.target
+    if as_json:
+        record = {"host": target.host, "port": target.port, "exit": outcome.exit,
+                  "reply": outcome.reply.decode("utf-8", "backslashreplace"),
+                  "error": outcome.error, "seconds": outcome.seconds}
+        out.write(json.dumps(record).encode() + b"\n")
+    else:
+        if not streamed:
+            lines = outcome.reply.split(b"\n")
+            _print_lines(out, target.label, lines[:-1] if lines[-1] == b"" else lines)
+        if outcome.error:
+            _print_lines(out, target.label, [b"error: " + outcome.error.encode()])
+    out.flush()
+
+
+def _print_lines(out: BinaryIO, label: str, lines: list[bytes]) -> None:
+    prefix = label.encode() + b": "
+    out.write(b"".join(prefix + line + b"\n" for line in lines))
+    out.flush()
+
+
+def _summary(outcomes: list[Outcome], err: TextIO) -> None:
+    counts = [sum(o.exit == status for o in outcomes) for status in (OK, FAILED, UNREACHABLE)]
+    print("%d servers: %d ok, %d error replies, %d unreachable" % (len(outcomes), *counts),
+          file=err or sys.stderr)

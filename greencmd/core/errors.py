@@ -1,0 +1,42 @@
+"""Errors that reach a person as one sentence, and how OS errors are worded."""
+
+from __future__ import annotations
+
+import os
+
+from . import protocol
+from .logs import log
+
+__all__ = ["BindError", "cannot_listen", "describe_os_error", "internal_error"]
+
+
+class BindError(Exception):
+    """The server could not listen; the message is one sentence for the user."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``[Errno 98] Address already in use`` -> ``address already in use``."""
+    # The system's own words: gevent and socket.create_server() append the
+    # address to .strerror. getaddrinfo's errors have a negative errno.
+    if isinstance(exc.errno, int) and exc.errno > 0:
+        text = os.strerror(exc.errno)
+    else:
+        text = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], str) else None
+        text = text or exc.strerror or str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+def cannot_listen(address: str, exc: OSError) -> BindError:
+    """The error for a server that cannot bind ``address`` (``host:port``)."""
+    return BindError("cannot listen on %s: %s" % (address, describe_os_error(exc)))
+
+
+def internal_error(word: bytes, exc: BaseException, system: str) -> bytes:
+    """A command raised what nobody expected: one log line, and the client's error line.
+
+    The session goes on: a bug in one command (ours or a plugin's) must cost
+    one request, never the session's other replies.
+    """
+    log("Command %s failed unexpectedly: %s" % (protocol.printable(word),
+                                               type(exc).__name__), system)
+    return protocol.error("internal error")

@@ -1,0 +1,92 @@
+"""Where a server listens, for both engines: a Unix socket's file, and how peers are named.
+
+``--unix PATH`` replaces a stale socket file (one nobody listens on), refuses a
+path that is not a socket or that another server listens on, and the file is
+removed at shutdown. Peers on a Unix socket are named ``unix:uid=UID`` in the log,
+from the kernel's ``SO_PEERCRED``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+import struct
+
+from .errors import BindError, describe_os_error
+from .settings import BACKLOG
+
+__all__ = ["unix_address", "clear_stale_socket", "listen_unix", "remove_socket", "peer_name"]
+
+
+def unix_address(path: str) -> str:
+    """How logs and errors name a Unix socket."""
+    return "unix:" + path
+
+
+def clear_stale_socket(path: str) -> None:
+    """Make way for a new socket at ``path``; raises BindError if it is not ours to take."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BindError("cannot listen on %s: %s" % (unix_address(path),
+                                                     describe_os_error(exc))) from None
+    if not stat.S_ISSOCK(mode):
+        raise BindError("cannot listen on %s: the path exists and is not a socket"
+                        % unix_address(path))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            if exc.errno != errno.ECONNREFUSED:
+                raise BindError("cannot listen on %s: %s" % (
+                    unix_address(path), describe_os_error(exc))) from None
+        else:
+            raise BindError("cannot listen on %s: another server is listening on it"
+                            % unix_address(path))
+    os.unlink(path)  # nobody listens: a stale file from a server that did not clean up
+
+
+def listen_unix(path: str, mode: int) -> socket.socket:
+    """A non-blocking listening Unix socket at ``path`` with file mode ``mode``."""
+    clear_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # The mode is set before anyone can connect: bind under a umask that
+        # already gives the socket no more than ``mode``.
+        old = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise BindError("cannot listen on %s: %s" % (unix_address(path),
+                                                     describe_os_error(exc))) from None
+    sock.setblocking(False)
+    return sock
+
+
+def remove_socket(path: str) -> None:
+    """At shutdown: remove the socket file, if it is still a socket."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+
+
+def peer_name(sock: socket.socket, address: object) -> str:
+    """The peer as the log shows it: its IP address, or ``unix:uid=UID``."""
+    if sock.family != socket.AF_UNIX:
+        return address[0]
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except OSError:
+        return "unix:uid=?"
+    return "unix:uid=%d" % uid

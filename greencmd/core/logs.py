@@ -1,0 +1,311 @@
+"""The server log: Twisted's line format on top of the stdlib ``logging`` module.
+
+A line reads ``2026-11-26 13:32:32+0000 [system] message``, where ``system`` says
+who speaks (``-`` for the server's life cycle, ``CommandServer`` for the listener,
+``CmdSession,N,HOST`` for one session). Records go to stdout and, optionally, are
+appended to a file that rotates by size and that SIGHUP reopens (for logrotate).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from logging.handlers import RotatingFileHandler
+from typing import TextIO
+
+from .protocol import printable
+
+__all__ = ["LOGGER_NAME", "TwistedFormatter", "LogFileHandler", "default_log_file",
+           "setup_logging", "log", "reopen_log_files", "session_name", "log_connection",
+           "log_lost", "log_request", "install_flush_timer", "flush_logs", "AcceptFailureLog",
+           "RateLimit"]
+
+LOGGER_NAME = "greencmd"
+LIFECYCLE = "-"
+LISTENER = "CommandServer"
+
+# Why a session ended, as "Lost client connection. Reason: ..." says it.
+CLEAN = "Connection was closed cleanly."
+RESET = "Connection was reset by peer."
+IDLE = "Idle timeout."
+TOO_LONG = "Line too long."
+REFUSED = "Refused: too many connections."
+SHUTDOWN = "Server shutting down."
+AUTH_FAILED = "Authentication failed."
+AUTH_REQUIRED = "Authentication required."
+
+
+def other_protocol_reason(name: str) -> str:
+    """The log's reason for a session ended because it spoke another protocol."""
+    return "Suspected %s on the command port; closed without a reply." % name
+
+
+class TwistedFormatter(logging.Formatter):
+    """Formats records as Twisted's ``FileLogObserver`` did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """``YYYY-MM-DD HH:MM:SS+ZZZZ [system] message``."""
+        return self.line(record.created, getattr(record, "system", LIFECYCLE),
+                         record.getMessage())
+
+    def line(self, created: float, system: str, message: str) -> str:
+        """The log line for ``message`` from ``system`` at time ``created``."""
+        second = int(created)
+        # One strftime per second, not per line: it dominates a busy log otherwise.
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S%z", time.localtime(second))
+        return "%s [%s] %s" % (self._stamp, system, message)
+
+
+#: Longest a log line waits in a buffer once the engine's timer is installed.
+FLUSH_DELAY = 0.05
+
+
+class BufferedStreamHandler(logging.StreamHandler):
+    """Writes without flushing each line; the :class:`Flusher` flushes soon after.
+
+    A flush per line is a write() per line per handler, which under per-command
+    logging costs more than answering the command.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the line; leave the flush to the flusher (or do it now, without one)."""
+        try:
+            self.write_line(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        """Write a formatted line (``log()``'s fast path); flush soon."""
+        try:
+            self.stream.write(line)
+        except (OSError, ValueError):
+            return  # see flush()
+        if not _flusher.written():
+            self.flush()
+
+    def flush(self) -> None:
+        """Flush; a stream that is gone (stdout closed, disk full) loses the line.
+
+        The log must never take a session down: the line is dropped, and the
+        other handlers (the log file) still get it.
+        """
+        try:
+            super().flush()
+        except (OSError, ValueError):
+            pass
+
+
+class Flusher:
+    """Flushes the log handlers once, FLUSH_DELAY after the first unflushed line."""
+
+    def __init__(self) -> None:
+        self.schedule: Schedule | None = None
+        self.cancel: Callable[[], object] | None = None  # the pending flush's
+
+    def written(self) -> bool:
+        """Note an unflushed line; False when no timer is installed (flush now)."""
+        if self.schedule is None:
+            return False
+        if self.cancel is None:
+            self.cancel = self.schedule(FLUSH_DELAY, self._due)
+        return True
+
+    def _due(self) -> None:
+        self.cancel = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Flush every handler now (a flush already scheduled still comes)."""
+        for handler in _logger.handlers:
+            handler.flush()
+
+    def stop(self) -> None:
+        """Flush now, cancel the pending flush, and flush each line at once from now on."""
+        cancel, self.cancel, self.schedule = self.cancel, None, None
+        if cancel is not None:
+            cancel()
+        self.flush()
+
+
+#: ``schedule(delay, callback)`` runs ``callback`` after ``delay`` seconds in the
+#: engine's event loop, and returns a function that cancels it.
+Schedule = Callable[[float, Callable[[], None]], Callable[[], object]]
+_flusher = Flusher()
+
+
+def install_flush_timer(schedule: Schedule) -> Callable[[], None]:
+    """Let the engine run the log flushes; returns the function that stops them."""
+    _flusher.schedule = schedule
+    return _flusher.stop
+
+
+def flush_logs() -> None:
+    """Write out every buffered log line (before tail reads the log, at exit)."""
+    _flusher.flush()
+
+
+class LogFileHandler(BufferedStreamHandler, RotatingFileHandler):
+    """Appends to a file; rotates it by size (the stdlib's rollover); SIGHUP reopens it.
+
+    ``max_bytes`` 0 never rotates (leave it to logrotate and SIGHUP). Otherwise,
+    once a line would take the file past ``max_bytes``, the file is renamed
+    ``.1`` (older ones shift up, ``keep`` are kept) and a new one is started.
+    """
+
+    def __init__(self, path: str, max_bytes: int = 0, keep: int = 0) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        super().__init__(path, mode="a", maxBytes=max_bytes, backupCount=keep,
+                         encoding="utf-8", errors="backslashreplace")
+        self.written = self._size()
+
+    def _size(self) -> int:
+        return os.fstat(self.stream.fileno()).st_size
+
+    def write_line(self, line: str) -> None:
+        """Write a line, rotating first if it would take the file past the limit."""
+        size = len(line) if line.isascii() else len(line.encode("utf-8", "backslashreplace"))
+        if self.maxBytes and self.written and self.written + size > self.maxBytes:
+            self.doRollover()
+            self.written = 0
+        self.written += size
+        super().write_line(line)
+
+    def reopen(self) -> None:
+        """Close and reopen the file, e.g. after logrotate moved it (SIGHUP)."""
+        self.acquire()
+        try:
+            old, self.stream = self.stream, self._open()
+            old.close()
+            self.written = self._size()
+        finally:
+            self.release()
+
+
+def default_log_file() -> str:
+    """``$XDG_STATE_HOME/greencmd/server.log``, or under ``~/.local/state``."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(state, "greencmd", "server.log")
+
+
+def setup_logging(log_file: str | None, stream: TextIO | None = None, max_bytes: int = 0,
+                  keep: int = 0) -> LogFileHandler | None:
+    """Send the ``greencmd`` log to stdout and ``log_file``; returns the file handler.
+
+    The file rotates at ``max_bytes`` (0: never), keeping ``keep`` old files.
+    Raises OSError when the log file cannot be opened.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    # Fields the format never shows, each computed for every record otherwise.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    formatter = _formatter
+    handlers: list[logging.Handler] = [BufferedStreamHandler(stream or sys.stdout)]
+    file_handler = LogFileHandler(log_file, max_bytes, keep) if log_file else None
+    if file_handler:
+        handlers.append(file_handler)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    return file_handler
+
+
+_logger = logging.getLogger(LOGGER_NAME)
+_formatter = TwistedFormatter()
+
+
+def reopen_log_files() -> None:
+    """Reopen every log file (on SIGHUP, after logrotate moved them), and say so."""
+    for handler in _logger.handlers:
+        if isinstance(handler, LogFileHandler):
+            handler.reopen()
+    log("Log file reopened.")
+
+
+def log(message: str, system: str = LIFECYCLE) -> None:
+    """Log one line as ``system``.
+
+    Our own handlers get the formatted line written straight into their buffer:
+    a LogRecord per line (and the caller lookup Logger.info() does) costs more
+    than answering a command. Any other handler gets a full record. All logging
+    happens on the event loop's thread, so no lock is taken.
+    """
+    if not _logger.isEnabledFor(logging.INFO):
+        return
+    line = record = None
+    for handler in _logger.handlers:
+        if isinstance(handler, BufferedStreamHandler):
+            if line is None:
+                line = _formatter.line(time.time(), system, message) + "\n"
+            handler.write_line(line)
+        else:
+            if record is None:
+                record = _logger.makeRecord(LOGGER_NAME, logging.INFO, "", 0, message, None,
+                                            None, extra={"system": system})
+            handler.handle(record)
+
+
+class RateLimit:
+    """Says yes to a key at most once per ``interval`` seconds: for log lines anyone can cause."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.last: dict[object, float] = {}
+
+    def allow(self, key: object = None) -> bool:
+        """True when ``key`` was not allowed within the last ``interval`` seconds."""
+        now = time.monotonic()
+        if now - self.last.get(key, -self.interval) < self.interval:
+            return False
+        if len(self.last) > 10000:  # keys may come from clients: keep the table small
+            self.last.clear()
+        self.last[key] = now
+        return True
+
+
+class AcceptFailureLog:
+    """Says that connections cannot be accepted (out of descriptors), at most once a second.
+
+    Every engine uses it, so the line reads the same whichever runs.
+    """
+
+    def __init__(self) -> None:
+        self.limit = RateLimit(1.0)
+
+    def say(self, reason: str) -> None:
+        """Log that accepting failed for ``reason``, unless it was said less than a second ago."""
+        if self.limit.allow():
+            log("Cannot accept connections: %s; open sessions go on" % reason)
+
+
+def session_name(number: int, host: str) -> str:
+    """The ``[system]`` of session ``number``: ``CmdSession,N,HOST``."""
+    return "CmdSession,%d,%s" % (number, host)
+
+
+def log_connection(host: str) -> None:
+    """Log an accepted connection (refused ones included)."""
+    log("Client connection from %s" % host, LISTENER)
+
+
+def log_lost(reason: str, system: str) -> None:
+    """Log the end of a session and why."""
+    log("Lost client connection. Reason: %s" % reason, system)
+
+
+def log_request(host: str, line: bytes, system: str) -> None:
+    """Log a request line, escaped for a terminal."""
+    log("Cmd received from %s : %s" % (host, printable(line)), system)

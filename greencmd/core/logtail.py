@@ -1,0 +1,172 @@
+"""What ``lastlog`` and ``follow`` ask of ``tail``, and what they answer. No sockets.
+
+Everything that can be checked before a child runs is checked here (the line
+count, that the source exists and can be read), and every reply is worded
+here; the engines only run ``tail`` and wait for it, each in its own style.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import NamedTuple
+
+from . import protocol
+from .logs import flush_logs
+from .protocol import Refused
+from .settings import LASTLOG_CANDIDATES, ServerConfig
+
+__all__ = ["LASTLOG_MAX_BYTES", "LastlogSource", "lastlog_argv", "lastlog_result",
+           "lastlog_timed_out", "FollowStart", "follow_start"]
+
+#: Most ``tail`` output a lastlog reply may carry; a log of giant lines is refused.
+LASTLOG_MAX_BYTES = 4 << 20
+
+
+class LastlogSource(NamedTuple):
+    """The file ``lastlog`` and ``follow`` read (None: there is none), and what was tried."""
+
+    path: str | None
+    tried: tuple[str, ...]
+
+    @classmethod
+    def choose(cls, config: ServerConfig) -> LastlogSource:
+        """An explicit ``--lastlog-file`` as it is (a missing one is reported when
+        ``lastlog`` runs); otherwise the first readable system log, else the
+        server's own log file, else none."""
+        if config.lastlog_file:
+            return cls(config.lastlog_file, (config.lastlog_file,))
+        tried = LASTLOG_CANDIDATES + ((config.log_file,) if config.log_file else ())
+        for path in tried:
+            if os.path.isfile(path) and os.access(path, os.R_OK):
+                return cls(path, tried)
+        return cls(None, tried)
+
+    def missing(self) -> str:
+        """The error for ``lastlog`` when there is no source."""
+        return ("no log file to tail (tried %s); start the server with --lastlog-file PATH"
+                % ", ".join(self.tried))
+
+    def describe(self) -> str:
+        """The start-up log line that names the source."""
+        if self.path is None:
+            return "lastlog source: none (%s)" % self.missing()
+        return "lastlog source: %s" % self.path
+
+
+def lastlog_argv(arg: bytes, source: LastlogSource) -> list[str]:
+    """The ``tail`` command line for ``lastlog ARG``; raises :class:`Refused`.
+
+    Everything that can be checked before spawning a child is checked here: the
+    line count, that there is a source, and that it can be read.
+    """
+    count = _checked_source("lastlog", arg, source)
+    return ["tail", "-n", str(count), "--", source.path]
+
+
+def _checked_source(command: str, arg: bytes, source: LastlogSource) -> int:
+    """The line count of ``lastlog``/``follow``, once the source is known to be readable."""
+    try:
+        count = protocol.parse_lastlog_count(arg, command)
+    except ValueError as exc:
+        raise Refused(protocol.error(str(exc))) from None
+    if source.path is None:
+        raise Refused(protocol.error(source.missing()))
+    problem = _unreadable(source.path)
+    if problem:
+        raise Refused(protocol.error(problem))
+    # The source may be the server's own log: what it logged must be on disk.
+    flush_logs()
+    return count
+
+
+class FollowStart(NamedTuple):
+    """How a ``follow`` begins: the backlog to send, then the ``tail -F`` to run."""
+
+    backlog: bytes
+    argv: list[str]
+
+
+def follow_start(arg: bytes, source: LastlogSource) -> FollowStart:
+    """The backlog of ``follow ARG`` and the ``tail -F`` that goes on from its end.
+
+    The backlog is read here, not by tail, so that it is complete before the
+    follow can be stopped, and tail starts at the byte after it: no line is
+    lost or sent twice. (A partial last line is left to tail, which sends it
+    once it is complete.) Raises :class:`Refused`.
+    """
+    count = _checked_source("follow", arg, source)
+    path = source.path
+    try:
+        backlog, offset = _last_lines(path, count)
+    except OSError as exc:
+        raise Refused(protocol.error(str(exc))) from None
+    if backlog is None:
+        raise Refused(protocol.error("follow of %r: the last %d lines are over %d MiB; ask "
+                                     "for fewer lines" % (path, count,
+                                                          LASTLOG_MAX_BYTES >> 20)))
+    return FollowStart(protocol.log_lines(backlog),
+                       ["tail", "-c", "+%d" % (offset + 1), "-F", "--", path])
+
+
+def _last_lines(path: str, count: int) -> tuple[bytes | None, int]:
+    """The last ``count`` complete lines of ``path`` (None if over the limit), and the
+    offset just after them."""
+    with open(path, "rb") as f:
+        position = f.seek(0, os.SEEK_END)
+        chunks: list[bytes] = []
+        size = ends = 0
+        # Read backwards until count+1 line ends are in hand (or the file's start).
+        while position > 0 and ends <= count:
+            if size > LASTLOG_MAX_BYTES:
+                return None, 0
+            step = min(65536, position)
+            position -= step
+            f.seek(position)
+            chunk = f.read(step)
+            chunks.append(chunk)
+            size += len(chunk)
+            ends += chunk.count(b"\n")
+    data = b"".join(reversed(chunks))
+    cut = data.rfind(b"\n") + 1  # complete lines only
+    lines = data[:cut].split(b"\n")[:-1][-count:]
+    backlog = b"".join(line + b"\n" for line in lines)
+    if len(backlog) > LASTLOG_MAX_BYTES:
+        return None, 0
+    return backlog, position + cut
+
+
+def _unreadable(source: str) -> str | None:
+    try:
+        mode = os.stat(source).st_mode
+    except OSError as exc:
+        return str(exc)
+    if stat.S_ISDIR(mode):
+        return str(IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), source))
+    if not os.access(source, os.R_OK):
+        return str(PermissionError(errno.EACCES, os.strerror(errno.EACCES), source))
+    return None
+
+
+def lastlog_result(source: str, status: int | None, output: bytes | None,
+                   errors: bytes = b"") -> bytes:
+    """The ``lastlog`` reply once ``tail`` ended: its output framed, or an error.
+
+    ``output`` is ``None`` when it went over :data:`LASTLOG_MAX_BYTES`; ``errors``
+    is tail's stderr when it was read apart from ``output``.
+    """
+    if output is None:
+        return protocol.error("lastlog of %r is over %d MiB; ask for fewer lines"
+                              % (source, LASTLOG_MAX_BYTES >> 20))
+    if status != 0:
+        lines = (errors or output).decode("utf-8", "backslashreplace").strip().splitlines()
+        why = lines[-1] if lines else "no message"
+        return protocol.error("tail of %r failed with status %s: %s" % (source, status, why))
+    return protocol.lastlog_reply(output)
+
+
+def lastlog_timed_out(source: str, seconds: float) -> bytes:
+    """The ``lastlog`` reply when ``tail`` ran past ``--command-timeout``."""
+    return protocol.error("lastlog of %r did not finish within %g seconds; stopped"
+                          % (source, seconds))

@@ -1,0 +1,67 @@
+"""The figures ``stats`` reports, for both engines, kept as plain counters.
+
+Counting costs one dict increment per answered request (measured in
+docs/performance.md): the session loop calls :meth:`Stats.served` with the
+request's word, and only words of real commands get a ``command_<name>`` line,
+so a client cannot grow the table by inventing words.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Collection
+
+from .. import __version__
+from . import protocol
+
+__all__ = ["Stats"]
+
+
+class Stats:
+    """Counters of one server process; ``reply()`` is the ``stats`` reply."""
+
+    __slots__ = ("engine", "sessions_max", "started", "sessions", "accepted", "refused",
+                 "unknown", "commands", "names")
+
+    def __init__(self, engine: str, sessions_max: int, names: dict[bytes, str],
+                 sessions: Collection) -> None:
+        self.engine = engine
+        self.sessions_max = sessions_max
+        self.started = time.monotonic()
+        #: The server's own set of open sessions (each with ``following``, the tail
+        #: of a follow or None): what is open now is read from it, not counted.
+        self.sessions = sessions
+        self.accepted = 0
+        self.refused = 0
+        self.unknown = 0  # requests answered "Command not found."
+        #: Command word -> its figure's name; every known command, served or not.
+        self.names = {word: "command_" + name.lower().replace("-", "_")
+                      for word, name in names.items()}
+        self.commands = dict.fromkeys(self.names, 0)
+
+    def served(self, word: bytes) -> None:
+        """Count one answered request."""
+        if word in self.commands:
+            self.commands[word] += 1
+        else:
+            self.unknown += 1
+
+    def reply(self) -> bytes:
+        """``Begin stats``, one ``name value`` line per figure, ``End stats``."""
+        figures = [
+            ("version", __version__),
+            ("engine", self.engine),
+            ("pid", os.getpid()),
+            ("uptime_seconds", "%.1f" % (time.monotonic() - self.started)),
+            ("sessions_open", len(self.sessions)),
+            ("sessions_max", self.sessions_max),
+            ("sessions_accepted", self.accepted),
+            ("sessions_refused", self.refused),
+            ("follows_open", sum(s.following is not None for s in self.sessions)),
+            ("commands_served", sum(self.commands.values()) + self.unknown),
+            ("commands_unknown", self.unknown),
+        ]
+        figures += [(self.names[word], count) for word, count in self.commands.items() if count]
+        body = "".join("%s %s\n" % figure for figure in figures)
+        return protocol.STATS_BEGIN + body.encode() + protocol.STATS_END

@@ -1,0 +1,8 @@
+"""The gevent engine: one greenlet per connection, running plain blocking-looking code.
+
+Each module has its namesake in ``twisted_engine``: ``server`` (accept, limits,
+shutdown), ``session`` (the read-run-reply loop), ``commands``, ``processes``
+(child processes), ``follow`` and ``tls``. ``connection`` (lines in, replies out)
+is what Twisted's transport and LineReceiver give the twin; ``fast_subprocess``
+is the one faster piece, with gevent.subprocess's API (``greencmd compare processes``).
+"""

@@ -1,0 +1,104 @@
+"""Child processes for the gevent engine: the one place that spawns, reads, times out and kills.
+
+``lastlog`` runs ``tail``, configured commands run their program, ``follow``
+runs ``tail -F``: each child is started here without a shell, with stdin from
+/dev/null, in its own process session (so one ``killpg`` reaches everything it
+started), and whatever happens to the greenlet that waits for it (a timeout,
+a client reset, shutdown) the ``finally`` here kills the group and reaps it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import BinaryIO
+
+import gevent
+
+from ..core.programs import STDERR_KEPT, Finished, TimedOut, TooMuchOutput
+
+# gevent.subprocess's API, spawned by the stdlib's faster C code (see the module).
+from .fast_subprocess import DEVNULL, PIPE, Popen
+
+__all__ = ["Finished", "TimedOut", "TooMuchOutput", "start", "run", "read_capped",
+           "kill_group", "kill_and_reap", "CHUNK"]
+
+#: Read size from a child's pipe (a pipe holds 64 KiB).
+CHUNK = 65536
+
+
+def start(argv: list[str], stderr: int = PIPE) -> Popen:
+    """Start ``argv`` (no shell, stdin /dev/null, its own session); raises OSError."""
+    return Popen(argv, stdin=DEVNULL, stdout=PIPE, stderr=stderr, start_new_session=True)
+
+
+def run(argv: list[str], timeout: float, limit: int) -> Finished:
+    """Run ``argv`` to its end and return what it printed; raises OSError if it cannot start.
+
+    Raises :class:`TimedOut` after ``timeout`` seconds and :class:`TooMuchOutput`
+    past ``limit`` bytes of stdout. Once the child exits, whatever it left
+    running in its session is killed: a grandchild that holds our pipe must not
+    keep the reply waiting.
+    """
+    child = start(argv)
+    # Two pipes read at once, each by its own greenlet: a child that fills
+    # stderr while we wait on stdout must not block.
+    stdout = gevent.spawn(read_capped, child, child.stdout, limit)
+    stderr = gevent.spawn(read_last, child.stderr, STDERR_KEPT)
+    try:
+        with gevent.Timeout(timeout, TimedOut):
+            status = child.wait()
+            kill_group(child)
+            output, errors = stdout.get(), stderr.get()
+    finally:
+        stdout.kill()
+        stderr.kill()
+        kill_and_reap(child)
+    if output is None:
+        raise TooMuchOutput()
+    return Finished(status, output, errors)
+
+
+def read_capped(child: Popen, stream: BinaryIO, limit: int) -> bytes | None:
+    """Everything ``stream`` gives until EOF; past ``limit`` bytes, kill ``child``, None."""
+    chunks = []
+    size = 0
+    while chunk := stream.read(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            kill_group(child)
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_last(stream: BinaryIO, keep: int) -> bytes:
+    """The last ``keep`` bytes ``stream`` gives until EOF (the rest is read and dropped)."""
+    kept = b""
+    while chunk := stream.read(CHUNK):
+        kept = (kept + chunk)[-keep:]
+    return kept
+
+
+def kill_group(child: Popen) -> None:
+    """SIGKILL everything in ``child``'s session, the child included; never raises.
+
+    Also right after the child was reaped (with no wait in between): Linux
+    keeps a process group's number while any process is still in the group.
+    """
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_and_reap(child: Popen) -> None:
+    """Kill ``child`` and all it started; wait for it; close its pipes."""
+    try:
+        if child.returncode is None:
+            kill_group(child)
+            child.wait()
+    finally:
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()

@@ -1,0 +1,1 @@
+"""Tools around the engines: the command line, the load generator, --workers, compare."""

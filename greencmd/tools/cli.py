@@ -1,0 +1,472 @@
+"""The ``greencmd`` command line (docs/cli.md): ``serve``, ``client``, ``compare``, ``bench``.
+
+Every ``serve`` option may also come from ``GREENCMD_<OPTION>``. Errors a user
+can cause end in one sentence on stderr and an exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import sys
+import textwrap
+
+import click
+from click.core import ParameterSource
+
+from .. import __version__
+from ..client import single as client
+from ..client.hosts import parse_target, targets
+from ..core import protocol
+from ..core.auth import is_loopback, read_token_file
+from ..core.errors import BindError, describe_os_error
+from ..core.settings import ServerConfig
+
+__all__ = ["cli", "main"]
+
+EXIT_CANNOT_BIND = 1
+
+
+def _option(name: str, *decls: str, **kwargs):
+    """A click option whose variable is GREENCMD_<NAME> and whose help shows it."""
+    env = "GREENCMD_" + name.lstrip("-").replace("-", "_").upper()
+    kwargs.setdefault("show_default", True)
+    return click.option(name, *decls, envvar=env, show_envvar=True, **kwargs)
+
+
+class FileMode(click.ParamType):
+    """An octal file mode such as ``600`` or ``0660``."""
+
+    name = "mode"
+
+    def convert(self, value, param, ctx) -> int:
+        """``660`` -> 0o660; anything else is a usage error (exit 2)."""
+        if isinstance(value, int):
+            return value
+        if not re.fullmatch(r"0?[0-7]{3}", str(value).strip()):
+            self.fail("%r is not an octal file mode such as 600" % value, param, ctx)
+        return int(str(value).strip(), 8)
+
+
+class ByteSize(click.ParamType):
+    """A size in bytes: a whole number, or with a K, M or G suffix (powers of 1024)."""
+
+    name = "size"
+    SHIFTS = {"": 0, "K": 10, "M": 20, "G": 30}
+
+    def convert(self, value, param, ctx) -> int:
+        """``10M`` -> 10485760; anything else is a usage error (exit 2)."""
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"(\d{1,15})([KMG]?)", str(value).strip(), re.IGNORECASE)
+        if match is None:
+            self.fail("%r is not a size: a number of bytes, optionally with a K, M or G "
+                      "suffix" % value, param, ctx)
+        return int(match[1]) << self.SHIFTS[match[2].upper()]
+
+
+def _read_config(ctx: click.Context, param: click.Parameter, path: str | None) -> tuple:
+    """Eager callback of ``--config``: the file's [serve] table becomes the defaults.
+
+    Returns the configured commands. Runs before the other options are read,
+    so click applies its own precedence (command line, environment, then this
+    ``default_map``, then the defaults).
+    """
+    if not path:
+        return ()
+    from ..core.configfile import ConfigError, load
+
+    try:
+        ctx.default_map, commands = load(path, ctx.command, ctx)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return commands
+
+
+_host = _option("--host", default=protocol.DEFAULT_HOST,
+                help="Address to bind (serve) or connect to (client); 0.0.0.0 or :: "
+                     "serves other machines.")
+_port = _option("--port", default=protocol.DEFAULT_PORT, type=click.IntRange(0, 65535),
+                help="TCP port; with serve, 0 picks a free one (the log shows it).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="greencmd")
+def cli() -> None:
+    """A tiny line-based TCP command server on gevent, reachable with netcat."""
+
+
+@cli.command()
+@_host
+@_port
+@_option("--max-clients", default=10, type=click.IntRange(1),
+         help="Sessions open at once; more are refused.")
+@_option("--lastlog-file", default=None, type=str,
+         help="The file lastlog tails. Default: /var/log/syslog, /var/log/messages, "
+              "or the server's own --log-file, whichever exists first.")
+@_option("--hash-root", default=None,
+         type=click.Path(exists=True, file_okay=False, resolve_path=True),
+         help="Only let comhash read files under this directory (symlinks resolved).")
+@_option("--hash-threads", default=os.cpu_count() or 1, type=click.IntRange(1),
+         show_default="number of CPUs", help="Threads that hash files.")
+@_option("--max-line", default=protocol.DEFAULT_MAX_LINE, type=click.IntRange(1),
+         help="Longest request line, in bytes.")
+@_option("--idle-timeout", default=300.0, type=click.FloatRange(0),
+         help="Seconds a session may send no complete line; 0 disables.")
+@_option("--command-timeout", default=30.0, type=click.FloatRange(0, min_open=True),
+         help="Seconds a lastlog, a configured or a plugin command may take before it "
+              "is stopped (a follow has no limit).")
+@_option("--grace", default=10.0, type=click.FloatRange(0),
+         help="Seconds in-flight commands get to finish at shutdown.")
+@_option("--log-file", default=None, show_default="$XDG_STATE_HOME/greencmd/server.log",
+         help="Also append the log to this file (directories are created); '' (or "
+              "GREENCMD_LOG_FILE set empty) turns it off. SIGHUP reopens it.")
+@_option("--log-max-size", default="10M", type=ByteSize(),
+         help="Rotate the log file at this size (K, M or G suffixes, powers of 1024); "
+              "0 never rotates (leave it to logrotate and SIGHUP).")
+@_option("--log-keep", default=3, type=click.IntRange(1),
+         help="Old log files kept by rotation: server.log.1 (the newest) and up.")
+@_option("--quiet", is_flag=True, default=False,
+         help="Log only connections, errors and lifecycle, not every command.")
+@_option("--engine", type=click.Choice(["gevent", "twisted"]), default="gevent",
+         help="gevent, or the Twisted twin from the comparison module.")
+@_option("--workers", default=1, type=click.IntRange(1),
+         help="Server processes sharing the port (gevent engine); --max-clients "
+              "applies to each.")
+@_option("--unix", default=None, type=click.Path(dir_okay=False), show_default="none",
+         help="Listen on this Unix socket instead of TCP (--host and --port unused). A "
+              "stale socket file is replaced; it is removed at shutdown.")
+@_option("--unix-mode", default="600", type=FileMode(),
+         help="Octal file mode of the --unix socket: who may connect.")
+@_option("--tls-cert", default=None, type=click.Path(dir_okay=False), show_default="none",
+         help="PEM certificate (chain) of the listener: it then speaks TLS 1.2+ only. "
+              "Needs --tls-key.")
+@_option("--tls-key", default=None, type=click.Path(dir_okay=False), show_default="none",
+         help="PEM private key of --tls-cert.")
+@_option("--tls-client-ca", default=None, type=click.Path(dir_okay=False),
+         show_default="none",
+         help="PEM CA file: clients must present a certificate it signed (mutual TLS).")
+@_option("--auth-token-file", default=None, type=click.Path(dir_okay=False),
+         show_default="none",
+         help="File whose first line is the token (16+ characters) every session must "
+              "send first as 'auth TOKEN'. Must not be readable by others (chmod 600).")
+@_option("--no-auth", is_flag=True, default=False,
+         help="Allow a --host other than loopback without --auth-token-file.")
+@_option("--config", default=None, is_eager=True, expose_value=True, callback=_read_config,
+         type=click.Path(dir_okay=False), show_default="none",
+         help="A TOML file: serve options in a [serve] table (same names), commands in "
+              "[commands.NAME] tables. The command line and the environment win over it.")
+@click.pass_context
+def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
+          auth_token_file: str | None, no_auth: bool, **options: object) -> None:
+    """Run the server in the foreground until SIGTERM or SIGINT; log to stdout."""
+    from ..core import logs
+
+    # The loopback rule is for TCP; file permissions guard a Unix socket.
+    token = _token(auth_token_file, str(options["host"]), no_auth or bool(options["unix"]))
+    _check_tls(options["tls_cert"], options["tls_key"], options["tls_client_ca"])
+
+    if workers > 1 and engine != "gevent":
+        raise click.UsageError("--workers is for the gevent engine only.")
+    run = _engine(engine)
+    if workers > 1:
+        from .workers import run_workers
+
+        run = functools.partial(run_workers, count=workers)
+    # GREENCMD_LOG_FILE= means "no log file", as --log-file '' does, though click
+    # ignores an empty variable; so do the quotes copied from that option.
+    if options["log_file"] in ("''", '""'):
+        options["log_file"] = ""
+    # And an empty variable wins over the config file, as any variable does.
+    if (os.environ.get("GREENCMD_LOG_FILE") == ""
+            and ctx.get_parameter_source("log_file") != ParameterSource.COMMANDLINE):
+        options["log_file"] = ""
+    if options["log_file"] is None:
+        options["log_file"] = logs.default_log_file()
+    config = ServerConfig(commands=config, auth_token=token,
+                          **{k: v if v != "" else None for k, v in options.items()})
+    # With --workers, each process would rotate on its own: logrotate and SIGHUP instead.
+    max_bytes = config.log_max_size if workers == 1 else 0
+    try:
+        logs.setup_logging(config.log_file, max_bytes=max_bytes, keep=config.log_keep)
+    except OSError as exc:
+        raise click.BadParameter("cannot open %s: %s" % (config.log_file, exc.strerror),
+                                 param_hint="--log-file") from None
+    logs.log("Log opened.")
+    if (token is not None and not config.unix and not config.tls_cert
+            and not is_loopback(config.host)):
+        logs.log("Warning: serving %s with a token but without TLS: the token crosses the "
+                 "network in clear text" % config.host)
+    if workers > 1 and config.log_file and config.log_max_size:
+        logs.log("Log rotation by size is off with --workers; rotate with logrotate and "
+                 "SIGHUP")
+    try:
+        run(config)
+    except BindError as exc:
+        click.echo("greencmd: %s" % exc, err=True)
+        sys.exit(EXIT_CANNOT_BIND)
+
+
+def _check_tls(cert: str | None, key: str | None, client_ca: str | None) -> None:
+    """Both of --tls-cert and --tls-key or neither, and files that load; else exit 2."""
+    if bool(cert) != bool(key):
+        raise click.UsageError("--tls-cert and --tls-key go together: give both or neither")
+    if client_ca and not cert:
+        raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+    if cert:
+        from ..core.tls import server_context
+
+        try:
+            server_context(cert, key, client_ca)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--tls-cert") from None
+
+
+def _token(path: str | None, host: str, no_auth: bool) -> bytes | None:
+    """The auth token, or None; refuses (exit 2) a bad token file or an open non-loopback host."""
+    if path:
+        try:
+            return read_token_file(path)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--auth-token-file") from None
+    if not no_auth and not is_loopback(host):
+        raise click.UsageError("refusing to serve %s without --auth-token-file (pass --no-auth "
+                               "to serve anyone who can connect)" % host)
+    return None
+
+
+def _engine(name: str):
+    """The chosen engine's ``run(config)``, imported only now."""
+    if name == "twisted":
+        from ..twisted_engine import TwistedMissing, load_run
+
+        try:
+            return load_run()
+        except TwistedMissing as exc:
+            raise click.UsageError(str(exc)) from None
+    from ..gevent_engine.server import run
+
+    return run
+
+
+@cli.command(name="client")
+@_option("--host", "hosts", multiple=True, default=[protocol.DEFAULT_HOST],
+         help="Server to connect to; give it more than once to ask several servers at "
+              "once (HOST, HOST:PORT or [IPV6]:PORT).")
+@_port
+@click.option("--timeout", default=10.0, type=click.FloatRange(0, min_open=True),
+              show_default=True, help="Seconds to wait for the connection and for each reply.")
+@click.option("--unix", default=None, type=click.Path(dir_okay=False),
+              help="Connect to this Unix socket instead of --host/--port.")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False),
+              help="Send 'auth TOKEN' first, with the token on this file's first line "
+                   "(or in GREENCMD_TOKEN).")
+@click.option("--tls", is_flag=True,
+              help="Speak TLS; verify the server's certificate against the system's CAs "
+                   "and its host name.")
+@click.option("--cafile", default=None, type=click.Path(dir_okay=False),
+              help="Verify the server against this CA file instead (implies --tls).")
+@click.option("--cert", default=None, type=click.Path(dir_okay=False),
+              help="Client certificate (PEM) for mutual TLS (implies --tls); needs --key.")
+@click.option("--key", default=None, type=click.Path(dir_okay=False),
+              help="Private key of --cert.")
+@click.option("--hosts-file", default=None, type=click.Path(dir_okay=False),
+              help="More servers, one HOST, HOST:PORT or [IPV6]:PORT per line ('#' lines "
+                   "and blank lines skipped).")
+@click.option("--parallel", default=32, type=click.IntRange(1), show_default=True,
+              help="With several servers: how many are asked at once.")
+@click.option("--json", "as_json", is_flag=True,
+              help="With several servers: one JSON object per server per line.")
+@click.argument("command", nargs=-1)
+@click.pass_context
+def client_command(ctx: click.Context, hosts: tuple[str, ...], port: int, timeout: float,
+                   unix: str | None, token_file: str | None, tls: bool, cafile: str | None,
+                   cert: str | None, key: str | None, hosts_file: str | None,
+                   parallel: int, as_json: bool, command: tuple[str, ...]) -> None:
+    """Send COMMAND and print the reply; with no COMMAND, act like netcat on stdin.
+
+    ``follow [N]`` prints lines as they come, until Ctrl-C stops it cleanly.
+    With several servers (--host more than once, --hosts-file), each line is
+    prefixed with its server's name and a summary goes to stderr.
+
+    Exit status: 0 for a normal reply, 1 for an error reply, 3 when a server
+    cannot be reached or a reply times out, 2 for bad usage.
+    """
+    line = " ".join(command)
+    if "\n" in line or "\r" in line:
+        raise click.UsageError("COMMAND must be one line; it contains a line break.")
+    token = _client_token(token_file)
+    context = _client_tls(tls, cafile, cert, key)
+    out = click.get_binary_stream("stdout")
+    if hosts_file and ctx.get_parameter_source("hosts") == ParameterSource.DEFAULT:
+        hosts = ()  # the file names the servers; the default host is not one of them
+    if len(hosts) > 1 or hosts_file:
+        tls_files = (cafile, cert, key) if context is not None else None
+        sys.exit(_fleet(hosts, hosts_file, port, timeout, parallel, token, tls_files,
+                        os.fsencode(line), as_json, out))
+    try:
+        target = parse_target(hosts[0], port)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--host") from None
+    endpoint = client.Endpoint(target.host, target.port, unix, context)
+    try:
+        if command and client.is_follow(os.fsencode(line)):
+            status = client.follow(endpoint, timeout, os.fsencode(line), out, token)
+        elif command:
+            status = client.request(endpoint, timeout, os.fsencode(line), out, token)
+        else:
+            status = client.interact(endpoint, timeout, sys.stdin.fileno(), out, token)
+    except client.ClientError as exc:
+        click.echo("greencmd: %s" % exc, err=True)
+        status = client.UNREACHABLE
+    except client.Refused as exc:
+        click.echo("greencmd: %s" % exc, err=True)
+        status = client.FAILED
+    sys.exit(status)
+
+
+def _fleet(hosts: tuple[str, ...], hosts_file: str | None, port: int, timeout: float,
+           parallel: int, token: bytes | None, tls_files: tuple | None, line: bytes,
+           as_json: bool, out) -> int:
+    """The client for many servers (greencmd.fleet); returns the exit status."""
+    from ..client import fleet
+
+    if not line:
+        raise click.UsageError("with more than one server, give the COMMAND on the command "
+                               "line (requests from stdin go to one server only)")
+    try:
+        found = targets(hosts, hosts_file, port)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--host/--hosts-file") from None
+    if not found:
+        raise click.UsageError("no servers: the hosts file names none")
+    return fleet.run(found, line, timeout, parallel, token, tls_files, out, sys.stderr, as_json)
+
+
+def _client_tls(tls: bool, cafile: str | None, cert: str | None, key: str | None):
+    """The client's TLS context, or None without --tls/--cafile/--cert; exit 2 if unusable."""
+    if not (tls or cafile or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise click.UsageError("--cert and --key go together: give both or neither")
+    from ..core.tls import client_context, describe_tls_error
+
+    try:
+        return client_context(cafile, cert, key)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter("cannot load %s: %s" % (
+            cafile if cafile and not cert else cert, describe_tls_error(exc)),
+            param_hint="--cafile/--cert") from None
+
+
+def _client_token(path: str | None) -> bytes | None:
+    """The token from --token-file, else GREENCMD_TOKEN, else None; exit 2 if unusable."""
+    if path:
+        try:
+            return read_token_file(path)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--token-file") from None
+    token = os.environ.get("GREENCMD_TOKEN", "").strip()
+    return os.fsencode(token) if token else None
+
+
+def _pair_names() -> list[str]:
+    from .compare.pairs import PAIRS
+
+    return [pair.name for pair in PAIRS]
+
+
+@cli.command()
+@click.argument("name", required=False, metavar="[NAME]",
+                type=click.Choice(_pair_names(), case_sensitive=False))
+@click.option("--width", type=click.IntRange(40), default=None,
+              help="Columns to fit (default: the terminal's width).")
+@click.option("--html", "html_file", default=None, type=click.Path(dir_okay=False),
+              help="Write one self-contained HTML page of the pairs to this file instead.")
+def compare(name: str | None, width: int | None, html_file: str | None) -> None:  # noqa: D103
+    """Show each engine's code for the same job, side by side.
+
+    NAME picks one pair, in any case; without it, every pair is shown. The pairs:
+
+    \b
+    {names}
+
+    Side by side when the width holds every side's longest line, otherwise one
+    side above the other: no line is ever cut. Works without Twisted: the
+    source is read as text.
+    """
+    from .compare.pairs import PAIRS
+    from .compare.render import render_pair
+
+    chosen = [pair for pair in PAIRS if name in (None, pair.name)]
+    if html_file:
+        from .compare.html import write_page
+
+        try:
+            write_page(chosen, html_file)
+        except OSError as exc:
+            raise click.BadParameter("cannot write %s: %s" % (html_file, describe_os_error(exc)),
+                                     param_hint="--html") from None
+        return
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    click.echo("\n\n".join(render_pair(pair, width) for pair in chosen))
+
+
+# \b keeps click from folding the list, so that no name is cut at its hyphen.
+compare.help = compare.help.format(names=textwrap.fill(
+    ", ".join(_pair_names()) + ".", 70, break_on_hyphens=False,
+    subsequent_indent="    "))
+
+
+@cli.command()
+@_host
+@_port
+@click.argument("scenarios", nargs=-1,
+                type=click.Choice(["unknown", "pipeline", "churn", "comhash", "lastlog",
+                                   "idle"]))
+@click.option("--connections", "-c", default=50, type=click.IntRange(1), show_default=True,
+              help="Connections (unknown, churn), or clients (comhash, lastlog).")
+@click.option("--seconds", "-s", default=5.0, type=click.FloatRange(0.1), show_default=True,
+              help="How long each scenario runs.")
+@click.option("--lines", default=10000, type=click.IntRange(1), show_default=True,
+              help="Lines per write in the pipeline scenario.")
+@click.option("--size-mib", default=64, type=click.IntRange(1), show_default=True,
+              help="Size of the file the comhash scenario creates and hashes.")
+@click.option("--directory", default=None, type=click.Path(file_okay=False, exists=True),
+              help="Where the comhash file is made (the server must be able to read it).")
+@click.option("--idle", default=5000, type=click.IntRange(1), show_default=True,
+              help="Idle sessions the idle scenario holds open.")
+@click.option("--server-pid", default=None, type=int,
+              help="The server's PID, to read its memory from /proc (idle scenario).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def bench(host: str, port: int, scenarios: tuple[str, ...], as_json: bool,
+          **options: object) -> None:
+    """Load a greencmd server and check every reply; SCENARIOS default to all but idle.
+
+    Exit status 1 if any reply was wrong.
+    """
+    import json
+    from types import SimpleNamespace
+
+    from . import bench as loadgen
+
+    settings = SimpleNamespace(**options)
+    results = []
+    for name in scenarios or loadgen.DEFAULT_SCENARIOS:
+        try:
+            results.append(loadgen.run_scenario(name, (host, port), settings))
+        except OSError as exc:
+            raise click.ClickException("%s: %s:%d: %s" % (
+                name, host, port, describe_os_error(exc))) from None
+    if as_json:
+        click.echo(json.dumps(loadgen.as_json(results), indent=2))
+    else:
+        click.echo(loadgen.format_table(results))
+    sys.exit(1 if any(r.errors for r in results) else 0)
+
+
+def main() -> None:
+    """Entry point of the ``greencmd`` console script and ``python -m greencmd``."""
+    cli(prog_name="greencmd")

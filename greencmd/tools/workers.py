@@ -1,0 +1,163 @@
+"""``greencmd serve --workers N``: N gevent server processes on one listening socket.
+
+The parent binds the socket before forking (it never starts a gevent hub), then
+supervises: a worker that dies is started again, SIGTERM/SIGINT is passed to
+every worker, which drains as a single server would, and SIGHUP makes them all
+reopen their log files. The kernel spreads connections over the workers that
+wait in accept(). ``--max-clients`` applies to each worker, so the server as a
+whole takes up to N times that many sessions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+
+from ..core.errors import cannot_listen
+from ..core.listeners import listen_unix, remove_socket, unix_address
+from ..core.logs import flush_logs, log, reopen_log_files
+from ..core.logtail import LastlogSource
+from ..core.settings import (
+    BACKLOG,
+    ServerConfig,
+    format_address,
+)
+
+__all__ = ["run_workers"]
+
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+
+#: A worker that dies sooner than this after its start is restarted only after
+#: this long, so a worker that cannot start does not turn into a fork loop.
+RESTART_BACKOFF = 1.0
+
+
+def listen(config: ServerConfig) -> socket.socket:
+    """A listening socket for ``config``; raises BindError."""
+    if config.unix:
+        return listen_unix(config.unix, config.unix_mode)
+    address = format_address(config.host, config.port)
+    try:
+        family = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)[0][0]
+        listener = socket.create_server((config.host, config.port), family=family,
+                                        backlog=BACKLOG)
+    except OSError as exc:
+        raise cannot_listen(address, exc) from None
+    # Every worker wakes for a new connection and one wins: the others must get
+    # EAGAIN from accept(), not block their event loop in it.
+    listener.setblocking(False)
+    return listener
+
+
+def run_workers(config: ServerConfig, count: int) -> None:
+    """Bind, start ``count`` workers, supervise them until SIGTERM/SIGINT."""
+    listener = listen(config)
+    where = (unix_address(config.unix) if config.unix
+             else format_address(*listener.getsockname()[:2]))
+    log("greencmd.workers.Supervisor (%d workers) starting on %s" % (count, where))
+    log(LastlogSource.choose(config).describe())
+    try:
+        Supervisor(config, listener, count).run()
+    finally:
+        if config.unix:
+            remove_socket(config.unix)
+    log("Main loop terminated.")
+    flush_logs()
+
+
+class Supervisor:
+    """Starts, restarts and stops the worker processes."""
+
+    def __init__(self, config: ServerConfig, listener: socket.socket, count: int) -> None:
+        self.config = config
+        self.listener = listener
+        self.count = count
+        self.workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
+        self.stopping = False
+        self.parent = os.getpid()
+
+    def run(self) -> None:
+        """Start the workers, then reap and restart them until told to stop."""
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._reopen)
+        for index in range(self.count):
+            self._start(index)
+        while self.workers:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            index, started = self.workers.pop(pid, (None, 0.0))
+            if index is None:
+                continue
+            if self.stopping:
+                log("Worker %d (pid %d) stopped" % (index, pid))
+                continue
+            log("Worker %d (pid %d) exited with status %d; starting it again"
+                % (index, pid, os.waitstatus_to_exitcode(status)))
+            if time.monotonic() - started < RESTART_BACKOFF:
+                time.sleep(RESTART_BACKOFF)
+            if not self.stopping:
+                self._start(index)
+
+    def _start(self, index: int) -> None:
+        flush_logs()  # or the child inherits, and writes again, what is buffered
+        pid = os.fork()
+        if pid == 0:
+            os._exit(self._work(index))
+        self.workers[pid] = (index, time.monotonic())
+        log("Worker %d started (pid %d)" % (index, pid))
+
+    def _work(self, index: int) -> int:
+        """In the child: run one gevent server on the shared socket; the exit status."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        if not stop_with_parent(self.parent):
+            return 0
+        try:
+            from ..gevent_engine.server import run  # gevent's hub is born here, in the child
+
+            run(self.config, listener=self.listener)
+            return 0
+        except BaseException as exc:  # noqa: BLE001 (a worker must never return into the parent's loop)
+            log("Worker %d failed: %s" % (index, exc))
+            return 1
+        finally:
+            flush_logs()
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if not self.stopping:
+            log("Stopping %d workers" % len(self.workers))
+        self.stopping = True
+        self._signal_all(signal.SIGTERM)
+
+    def _reopen(self, signum: int, frame: object) -> None:
+        reopen_log_files()
+        self._signal_all(signal.SIGHUP)
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+def stop_with_parent(parent: int) -> bool:
+    """Have the kernel send SIGTERM when ``parent`` dies; False if it already has.
+
+    A worker whose supervisor was killed (SIGKILL gives it no chance to pass
+    SIGTERM on) must not serve on, unsupervised. Linux only; elsewhere a no-op.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+    return os.getppid() == parent

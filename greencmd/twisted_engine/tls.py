@@ -1,0 +1,54 @@
+"""TLS for the Twisted twin: the listener's options, and how a failed handshake is worded.
+
+Twisted's own TLS layer (``TLSMemoryBIOFactory``, the one ``listenSSL`` uses)
+wraps the listener whatever the endpoint, TCP or Unix; the session learns of
+the finished handshake through ``IHandshakeListener``. Compare
+``gevent_engine/tls.py``.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import ssl
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from ..core.errors import describe_os_error
+from ..core.settings import ServerConfig
+
+__all__ = ["tls_options", "with_tls", "describe_openssl_error"]
+
+_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+
+def tls_options(config: ServerConfig) -> ssl.CertificateOptions:
+    """Twisted's TLS settings from --tls-cert/--tls-key/--tls-client-ca (TLS 1.2+).
+
+    The certificate file may hold a chain: the server's certificate first, then
+    intermediates, which are sent too.
+    """
+    with open(config.tls_cert, "rb") as cert, open(config.tls_key, "rb") as key:
+        chain, secret = cert.read(), key.read()
+    blocks = [_BEGIN + block for block in chain.split(_BEGIN)[1:]]
+    mine = ssl.PrivateCertificate.loadPEM(blocks[0] + b"\n" + secret)
+    options = {"privateKey": mine.privateKey.original, "certificate": mine.original,
+               "extraCertChain": [ssl.Certificate.loadPEM(b).original for b in blocks[1:]],
+               "raiseMinimumTo": ssl.TLSVersion.TLSv1_2}
+    if config.tls_client_ca:
+        with open(config.tls_client_ca, "rb") as ca:
+            authority = ssl.Certificate.loadPEM(ca.read())
+        options.update(verify=True, caCerts=[authority.original], requireCertificate=True)
+    return ssl.CertificateOptions(**options)
+
+
+def with_tls(config: ServerConfig, factory):
+    """``factory`` itself, or wrapped in Twisted's TLS layer when the config asks for TLS."""
+    if not config.tls_cert:
+        return factory
+    return TLSMemoryBIOFactory(tls_options(config), False, factory)
+
+
+def describe_openssl_error(exc: BaseException) -> str:
+    """pyOpenSSL's error as the few words the gevent engine logs (``tlsv1 alert unknown ca``)."""
+    errors = getattr(exc, "args", [None])[0]
+    if isinstance(errors, list) and errors and len(errors[-1]) == 3:
+        return str(errors[-1][2]).replace("_", " ").lower()
+    return describe_os_error(exc) if isinstance(exc, OSError) else (str(exc) or "closed")
