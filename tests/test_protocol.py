@@ -8,6 +8,15 @@ from greencmd.core.protocol import LineBuffer, Request, parse_request
 from greencmd.gevent_engine.commands import BUILTINS
 
 
+def follow_start(arg: bytes, source) -> logtail.FollowStart:
+    """The follow's start as an engine makes it: the count, then the backlog."""
+    count = logtail.follow_count(arg, LastlogSource(str(source), (str(source),)))
+    start = logtail.follow_start(str(source), count)
+    if isinstance(start, bytes):
+        raise protocol.Refused(start)
+    return start
+
+
 def feed_bytewise(buffer: LineBuffer, data: bytes) -> list[bytes]:
     lines = []
     for i in range(len(data)):
@@ -194,18 +203,18 @@ def test_follow_lines_pass_on_a_giant_line_without_holding_it():
 def test_follow_start_reads_whole_lines_and_starts_tail_after_them(tmp_path):
     source = tmp_path / "log"
     source.write_bytes(b"1\n2\n==> h <==\n3\nhalf")
-    start = logtail.follow_start(b"2", LastlogSource(str(source), (str(source),)))
+    start = follow_start(b"2", source)
     assert start.backlog == b"3\n"  # tail counts the header line, follow leaves it out
     assert start.argv == ["tail", "-c", "+%d" % (len(b"1\n2\n==> h <==\n3\n") + 1), "-F",
                           "--", str(source)]
-    everything = logtail.follow_start(b"1000", LastlogSource(str(source), (str(source),)))
+    everything = follow_start(b"1000", source)
     assert everything.backlog == b"1\n2\n3\n"
 
 
 def test_follow_start_of_a_long_file_reads_only_its_end(tmp_path):
     source = tmp_path / "log"
     source.write_bytes(b"".join(b"line %d\n" % i for i in range(200000)))
-    start = logtail.follow_start(b"3", LastlogSource(str(source), (str(source),)))
+    start = follow_start(b"3", source)
     assert start.backlog == b"line 199997\nline 199998\nline 199999\n"
     assert start.argv[2] == "+%d" % (source.stat().st_size + 1)
 
@@ -214,7 +223,7 @@ def test_follow_start_of_a_long_file_reads_only_its_end(tmp_path):
 def test_follow_start_of_a_file_without_whole_lines(tmp_path, content):
     source = tmp_path / "log"
     source.write_bytes(content)
-    start = logtail.follow_start(b"", LastlogSource(str(source), (str(source),)))
+    start = follow_start(b"", source)
     assert start.backlog == b""
     assert start.argv[2] == "+1"
 
@@ -223,6 +232,6 @@ def test_follow_start_refuses_a_backlog_over_the_limit(tmp_path):
     source = tmp_path / "log"
     source.write_bytes((b"w" * 8191 + b"\n") * 1000)
     with pytest.raises(protocol.Refused) as refused:
-        logtail.follow_start(b"1000", LastlogSource(str(source), (str(source),)))
+        follow_start(b"1000", source)
     assert refused.value.reply.startswith(b"An error occured: follow of '%s': the last 1000 "
                                           b"lines are over 4 MiB" % bytes(source))

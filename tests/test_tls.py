@@ -197,3 +197,14 @@ def test_bad_tls_options_exit_2(pki, args, words):
     result = run_greencmd("serve", "--port", "0", "--log-file", "", *args, cwd=pki)
     assert result.returncode == 2
     assert words in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_openssl_s_client_sees_a_clean_tls_close_after_exit(tls_server, pki):
+    server = tls_server()
+    result = subprocess.run(
+        ["openssl", "s_client", "-connect", "127.0.0.1:%d" % server.port, "-CAfile",
+         str(pki / "ca.pem"), "-quiet", "-verify_return_error", "-ign_eof"],
+        input=b"help\nexit\n", capture_output=True, timeout=30)
+    assert HELP in result.stdout
+    assert b"unexpected eof" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr

@@ -34,6 +34,8 @@ def hash_file(arg: bytes, root: str | None, abandoned: threading.Event | None = 
     """
     if not arg:
         return protocol.NO_PATH
+    if abandoned is not None and abandoned.is_set():
+        return b""  # queued for a client that left before a thread was free: drop it
     requested = protocol.decode_path(arg)
     if "\0" in requested:
         return protocol.error("%r: a file name cannot contain a NUL byte" % requested)

@@ -18,7 +18,7 @@ from .protocol import Refused
 from .settings import LASTLOG_CANDIDATES, ServerConfig
 
 __all__ = ["LASTLOG_MAX_BYTES", "LastlogSource", "lastlog_argv", "lastlog_result",
-           "lastlog_timed_out", "FollowStart", "follow_start"]
+           "lastlog_timed_out", "FollowStart", "follow_count", "follow_start"]
 
 #: Most ``tail`` output a lastlog reply may carry; a log of giant lines is refused.
 LASTLOG_MAX_BYTES = 4 << 20
@@ -88,24 +88,30 @@ class FollowStart(NamedTuple):
     argv: list[str]
 
 
-def follow_start(arg: bytes, source: LastlogSource) -> FollowStart:
-    """The backlog of ``follow ARG`` and the ``tail -F`` that goes on from its end.
+def follow_count(arg: bytes, source: LastlogSource) -> int:
+    """The line count of ``follow ARG`` once the source is known to be readable.
+
+    Raises :class:`Refused`. Cheap: the engines call it in their event loop, then
+    :func:`follow_start` on a thread, since it reads up to 4 MiB.
+    """
+    return _checked_source("follow", arg, source)
+
+
+def follow_start(path: str, count: int) -> FollowStart | bytes:
+    """The backlog of a follow and the ``tail -F`` that goes on from its end, or the error reply.
 
     The backlog is read here, not by tail, so that it is complete before the
     follow can be stopped, and tail starts at the byte after it: no line is
     lost or sent twice. (A partial last line is left to tail, which sends it
-    once it is complete.) Raises :class:`Refused`.
+    once it is complete.) Never raises: it runs on a worker thread.
     """
-    count = _checked_source("follow", arg, source)
-    path = source.path
     try:
         backlog, offset = _last_lines(path, count)
     except OSError as exc:
-        raise Refused(protocol.error(str(exc))) from None
+        return protocol.error(str(exc))
     if backlog is None:
-        raise Refused(protocol.error("follow of %r: the last %d lines are over %d MiB; ask "
-                                     "for fewer lines" % (path, count,
-                                                          LASTLOG_MAX_BYTES >> 20)))
+        return protocol.error("follow of %r: the last %d lines are over %d MiB; ask for "
+                              "fewer lines" % (path, count, LASTLOG_MAX_BYTES >> 20))
     return FollowStart(protocol.log_lines(backlog),
                        ["tail", "-c", "+%d" % (offset + 1), "-F", "--", path])
 

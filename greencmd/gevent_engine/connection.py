@@ -35,7 +35,7 @@ from ..core.settings import LINGER_BYTES, LINGER_SECONDS, RECV_SIZE
 from ..core.tls import is_tls
 
 __all__ = ["Connection", "LineTooLong", "IdleTimeout", "ClientGone", "OtherProtocol",
-           "nothing_unread", "nothing_pending", "linger"]
+           "nothing_unread", "nothing_pending", "linger", "close_tls"]
 
 
 class LineTooLong(Exception):
@@ -73,8 +73,8 @@ class ClientGone(BaseException):
 class Connection:
     """Lines from a client socket, replies to it; see the module's docstring."""
 
-    __slots__ = ("sock", "idle_timeout", "lines", "buffer", "owed", "eof", "idle_since",
-                 "fresh")
+    __slots__ = ("sock", "idle_timeout", "lines", "buffer", "unsent", "eof", "idle_since",
+                 "first_read", "sending")
 
     def __init__(self, sock: socket.socket, max_line: int, idle_timeout: float) -> None:
         self.sock = sock
@@ -82,12 +82,15 @@ class Connection:
         # Both None when empty: thousands of idle sessions need no empty lists.
         self.lines: list[bytes] | None = None  # complete lines not yet read, reversed
         self.buffer = protocol.LineBuffer(max_line)
-        self.owed: list[bytes] | None = None  # replies written, not yet sent
+        self.unsent: list[bytes] | None = None  # replies written, not yet sent
         self.eof = False
         #: When read_line() began to wait for the client's next line; None while
         #: it does not wait (a command runs, or lines are at hand).
         self.idle_since: float | None = None
-        self.fresh = True  # nothing received yet: the first bytes are checked
+        self.first_read = True  # nothing received yet: the first bytes are checked
+        #: True from the start of a send until it completes: if the session is
+        #: killed meanwhile, the client has part of a reply and must get nothing more.
+        self.sending = False
 
     def read_line(self) -> bytes | None:
         """The next request line, without its line end; ``None`` once the client closed.
@@ -114,8 +117,8 @@ class Connection:
             if self.eof:
                 return None
             data = self._receive()
-            if self.fresh:
-                self.fresh = False
+            if self.first_read:
+                self.first_read = False
                 suspect = protocol.other_protocol_start(data)
                 if suspect:
                     raise OtherProtocol(suspect)
@@ -142,17 +145,17 @@ class Connection:
 
     def write(self, reply: bytes) -> None:
         """Queue ``reply``; it is sent before the session next waits (or on flush)."""
-        if self.owed is None:
-            self.owed = [reply]
+        if self.unsent is None:
+            self.unsent = [reply]
         else:
-            self.owed.append(reply)
+            self.unsent.append(reply)
 
     def flush(self) -> None:
         """Send every reply owed; the client has the idle timeout to take them."""
-        if self.owed is None:
+        if self.unsent is None:
             return
-        data = b"".join(self.owed) if len(self.owed) > 1 else self.owed[0]
-        self.owed = None
+        data = b"".join(self.unsent) if len(self.unsent) > 1 else self.unsent[0]
+        self.unsent = None
         self.sock.settimeout(self.idle_timeout)
         self._send(data)
 
@@ -166,12 +169,14 @@ class Connection:
             self._send(data)
 
     def _send(self, data: bytes) -> None:
+        self.sending = True
         try:
             # send() first: gevent's sendall() asks the kernel for SO_SNDBUF on
             # every call, one syscall more per reply.
             sent = self.sock.send(data)
             if sent < len(data):
                 self.sock.sendall(memoryview(data)[sent:])
+            self.sending = False
         except TimeoutError:
             raise ClientGone(IDLE) from None
         except OSError as exc:
@@ -186,7 +191,7 @@ class Connection:
         (:func:`linger`). StreamServer closes the socket when the handler returns.
         """
         self.idle_since = None  # no longer waiting for a request: not the reaper's
-        if goodbye is None:
+        if goodbye is None or self.sending:  # gone, or a reply was cut: say nothing more
             return
         if goodbye:
             self.write(goodbye)
@@ -195,7 +200,9 @@ class Connection:
             self.flush()
         except ClientGone:
             return
-        if goodbye or not nothing_unread(self.sock):
+        if is_tls(self.sock):
+            close_tls(self.sock)
+        elif goodbye or not nothing_unread(self.sock):
             linger(self.sock)
 
 
@@ -243,6 +250,18 @@ def peek_or_raise(sock: socket.socket) -> bytes:
         return sock.recv(1, socket.MSG_PEEK)
     finally:
         sock.settimeout(saved)
+
+
+def close_tls(sock: socket.socket) -> None:
+    """End a TLS stream as TLS means it: send close_notify, wait a while for the client's.
+
+    Without it, a TLS client sees "unexpected eof" after a normal ``exit``.
+    """
+    try:
+        sock.settimeout(LINGER_SECONDS)
+        sock.unwrap()
+    except (OSError, ValueError):
+        pass  # the client is gone, or did not answer in time: close anyway
 
 
 def linger(sock: socket.socket) -> None:

@@ -74,6 +74,10 @@ def libev_reaps() -> bool:
     return ctypes.c_void_p.from_buffer(action).value not in (None, 1)  # SIG_DFL, SIG_IGN
 
 
+class _WaitExpired(Exception):
+    """Our own wait's timeout, told apart from any timeout of the caller's."""
+
+
 class Popen(subprocess.Popen):
     """A child process with cooperative ``stdout``, ``stderr``, ``wait()`` and ``poll()``.
 
@@ -118,14 +122,24 @@ class Popen(subprocess.Popen):
             setattr(self, name, FileObjectPosix(fd, "rb", bufsize=0))
 
     def wait(self, timeout: float | None = None) -> int:
-        """Wait (this greenlet only) for the exit; raises TimeoutExpired after ``timeout``."""
+        """Wait (this greenlet only) for the exit; raises TimeoutExpired after ``timeout``.
+
+        Only its own ``timeout`` becomes TimeoutExpired: a ``gevent.Timeout`` of the
+        caller's passes through untouched, as with gevent.subprocess.
+        """
         if self.returncode is not None:
             return self.returncode
+        if self._exited is not None:
+            self._exited.wait(timeout)  # returns at the timeout; raises nothing of its own
+            if not self._exited.ready():
+                raise TimeoutExpired(self.args, timeout)
+            return self._exited.value
+        expired = _WaitExpired()
         try:
-            if self._exited is not None:
-                return self._exited.get(timeout=timeout)
-            wait_read(self._pidfd, timeout)
-        except (TimeoutError, gevent.Timeout):
+            wait_read(self._pidfd, timeout, expired)
+        except _WaitExpired as exc:
+            if exc is not expired:
+                raise
             raise TimeoutExpired(self.args, timeout) from None
         self._reap(0)
         return self.returncode

@@ -34,12 +34,17 @@ GONE = object()
 
 def follow(session: Session, arg: bytes) -> bytes:
     """Send the backlog, then lines as they are appended; return the reply's last part."""
-    conn = session.conn
+    conn, state = session.conn, session.state
     try:
-        start = logtail.follow_start(arg, session.state.lastlog)
-        tail = processes.start(start.argv, stderr=DEVNULL)
+        count = logtail.follow_count(arg, state.lastlog)
     except protocol.Refused as refused:
         return refused.reply
+    # Up to 4 MiB of backlog: read on a thread, so no other session waits for the disk.
+    start = state.pool.apply(logtail.follow_start, (state.lastlog.path, count))
+    if isinstance(start, bytes):
+        return start
+    try:
+        tail = processes.start(start.argv, stderr=DEVNULL)
     except OSError as exc:
         return protocol.error("cannot run tail: %s" % exc)
     session.following = tail
@@ -58,7 +63,7 @@ def follow(session: Session, arg: bytes) -> bytes:
     finally:
         session.following = None
         if stopper is not None:
-            stopper.kill()
+            stopper.kill(block=False)  # nothing in cleanup waits: see kill_and_reap
         processes.kill_and_reap(tail)
     if ended is GONE:
         raise ClientGone()

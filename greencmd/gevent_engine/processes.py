@@ -14,6 +14,7 @@ import signal
 from typing import BinaryIO
 
 import gevent
+from gevent.lock import BoundedSemaphore
 
 from ..core.programs import STDERR_KEPT, Finished, TimedOut, TooMuchOutput
 
@@ -25,6 +26,10 @@ __all__ = ["Finished", "TimedOut", "TooMuchOutput", "start", "run", "read_capped
 
 #: Read size from a child's pipe (a pipe holds 64 KiB).
 CHUNK = 65536
+#: Children that run to their end (lastlog, configured commands) at once; more wait
+#: their turn, so a storm of requests cannot fork the machine to a crawl.
+AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
+_turns = BoundedSemaphore(AT_ONCE)
 
 
 def start(argv: list[str], stderr: int = PIPE) -> Popen:
@@ -40,6 +45,11 @@ def run(argv: list[str], timeout: float, limit: int) -> Finished:
     running in its session is killed: a grandchild that holds our pipe must not
     keep the reply waiting.
     """
+    with _turns:
+        return _run(argv, timeout, limit)
+
+
+def _run(argv: list[str], timeout: float, limit: int) -> Finished:
     child = start(argv)
     # Two pipes read at once, each by its own greenlet: a child that fills
     # stderr while we wait on stdout must not block.
@@ -51,8 +61,8 @@ def run(argv: list[str], timeout: float, limit: int) -> Finished:
             kill_group(child)
             output, errors = stdout.get(), stderr.get()
     finally:
-        stdout.kill()
-        stderr.kill()
+        # Nothing here waits: a second kill landing in cleanup must not skip the reap.
+        gevent.killall([stdout, stderr], block=False)
         kill_and_reap(child)
     if output is None:
         raise TooMuchOutput()
@@ -93,12 +103,15 @@ def kill_group(child: Popen) -> None:
 
 
 def kill_and_reap(child: Popen) -> None:
-    """Kill ``child`` and all it started; wait for it; close its pipes."""
-    try:
-        if child.returncode is None:
-            kill_group(child)
-            child.wait()
-    finally:
-        for stream in (child.stdout, child.stderr):
-            if stream is not None:
-                stream.close()
+    """Kill ``child`` and all it started, close its pipes, and reap it.
+
+    The reap is a greenlet of its own, which a kill of this one cannot stop:
+    cleanup that waits could be interrupted by a second kill (a reset during
+    shutdown), leaving a zombie behind.
+    """
+    for stream in (child.stdout, child.stderr):
+        if stream is not None:
+            stream.close()
+    if child.returncode is None:
+        kill_group(child)
+        gevent.spawn(child.wait).join()

@@ -175,10 +175,12 @@ class CommandServer(StreamServer):
             elif session.following is not None:
                 kill_group(session.following)
         gevent.joinall(self._greenlets(), timeout=grace)
-        gevent.killall(self._greenlets(), ShuttingDown, timeout=1)
+        gevent.killall(self._greenlets(), ShuttingDown, block=False)
         # Sessions say bye and linger; refusals linger too. Then the rest is cut off.
+        # (joinall and join return at their timeout; killall(timeout=) would raise.)
         self.pool.join(timeout=LINGER_SECONDS + 1)
-        self.pool.kill(timeout=1)
+        self.pool.kill(block=False)
+        self.pool.join(timeout=1)
         self.state.pool.kill()
 
     def _greenlets(self) -> list[gevent.Greenlet]:

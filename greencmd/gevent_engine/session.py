@@ -155,12 +155,22 @@ class Session:
 
 @contextmanager
 def watched_for_reset(sock: socket.socket) -> Iterator[None]:
-    """While the body runs, a client reset raises :class:`ClientGone` in this greenlet."""
+    """While the body runs, a client reset raises :class:`ClientGone` in this greenlet.
+
+    A client that reset before the body starts gets no work done for it at all
+    (a reset storm must not start a ``tail`` per gone client).
+    """
+    try:
+        peek_or_raise(sock)
+    except BlockingIOError:
+        pass  # nothing from the client: the usual case
+    except OSError:
+        raise ClientGone() from None
     watcher = gevent.spawn(kill_on_reset, sock, gevent.getcurrent())
     try:
         yield
     finally:
-        watcher.kill()
+        watcher.kill(block=False)
 
 
 def kill_on_reset(sock: socket.socket, session: gevent.Greenlet) -> None:

@@ -1,6 +1,6 @@
 """``follow [N]`` for the Twisted twin: tail's transport is the client's producer.
 
-The backlog is written at once; then ``tail -F``'s output goes to the client as
+The backlog is read on a thread, then written; then ``tail -F``'s output goes to the client as
 it arrives. Flow control is Twisted's own, as in ``twisted/protocols/portforward.py``:
 tail's process transport is registered as the producer of the client's
 transport, so a client that stops reading pauses tail. :class:`StallWatch`
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -23,7 +23,7 @@ from . import processes
 if TYPE_CHECKING:
     from .session import CommandSession
 
-__all__ = ["FollowProtocol", "StallWatch", "follow"]
+__all__ = ["FollowProtocol", "StallWatch", "follow", "begin"]
 
 
 class FollowProtocol(processes.SessionChild):
@@ -76,12 +76,22 @@ class StallWatch:
         self.timer = None
 
 
-def follow(session: CommandSession, arg: bytes) -> bytes | FollowProtocol:
-    """Start a follow: the error reply, or the running tail once the backlog is written."""
+def follow(session: CommandSession, arg: bytes) -> bytes | defer.Deferred:
+    """Start a follow: the error reply now, or a Deferred of the running tail (or of the
+    error reply) once the backlog, read on a thread, is written."""
     try:
-        start = logtail.follow_start(arg, session.state.lastlog)
+        count = logtail.follow_count(arg, session.state.lastlog)
     except protocol.Refused as refused:
         return refused.reply
+    d = threads.deferToThread(logtail.follow_start, session.state.lastlog.path, count)
+    return d.addCallback(begin, session)
+
+
+def begin(start: logtail.FollowStart | bytes,
+          session: CommandSession) -> bytes | FollowProtocol:
+    """Callback: write the backlog, start tail -F, make its transport the client's producer."""
+    if isinstance(start, bytes):
+        return start
     tail = FollowProtocol(session.transport)
     try:
         processes.spawn(tail, start.argv)

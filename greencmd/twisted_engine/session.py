@@ -334,11 +334,22 @@ class CommandSession(LineReceiver, TimeoutMixin):
 
     def start_follow(self, arg: bytes) -> None:
         """``follow [N]``: an error reply, or tail -F streaming until a line stops it."""
-        started = follow(self, arg)
-        if isinstance(started, bytes):
-            return self.answer(started, b"follow")
-        self.following = started
+        starting = follow(self, arg)
+        if isinstance(starting, bytes):
+            return self.answer(starting, b"follow")
+        self.running = starting
         self.hold()
+        starting.addCallbacks(self.follow_began, self.command_failed, errbackArgs=(b"follow",))
+
+    def follow_began(self, started: bytes | FollowProtocol | None) -> None:
+        """Callback: the backlog is out and tail runs (or the error reply to send)."""
+        self.running = None
+        if started is None or self.hanging_up:
+            return
+        if isinstance(started, bytes):
+            self.answer(started, b"follow")
+            return self.go_on()
+        self.following = started
         if self.reading_paused:  # the stop line must be seen
             self.reading_paused = False
             self.transport.resumeProducing()
@@ -363,6 +374,7 @@ class CommandSession(LineReceiver, TimeoutMixin):
         self.transport.unregisterProducer()
         self.state.stats.served(b"follow")
         if not self.hanging_up:
+            self.blocked = False  # the transport pauses the producer again if it must
             self.transport.registerProducer(self.replies, True)
             self.transport.write(tail.lines.finish() + protocol.FOLLOW_END)
 

@@ -108,9 +108,10 @@ PAIRS = [
     Pair("follow", "follow: stream tail -F to the client until a line stops it; a client "
          "that stops reading stalls only its own follow.", "",
          _engines("follow.py", ("follow", "wait_for_stop"),
-                  ("FollowProtocol", "StallWatch", "follow"),
+                  ("FollowProtocol", "StallWatch", "follow", "begin"),
                   twisted=(Part("twisted_engine/session.py",
-                                ("CommandSession.start_follow", "CommandSession.follow_ended",
+                                ("CommandSession.start_follow", "CommandSession.follow_began",
+                                 "CommandSession.follow_ended",
                                  "CommandSession.end_follow")),))),
     Pair("tls", "TLS: a handshake bounded to 10 seconds, one log line when it fails.", "",
          _engines("tls.py", ("tls_context", "tls_handshake"), ("tls_options", "with_tls"),
