@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 #: Every test that uses a server runs against each engine: a difference in what
 #: they answer is a bug in one of them. @pytest.mark.engines("gevent") narrows it.
-ENGINES = ("gevent", "twisted")
+ENGINES = ("gevent", "twisted", "asyncio")
 
 
 def pytest_configure(config):

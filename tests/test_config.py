@@ -56,7 +56,7 @@ def test_an_empty_log_file_variable_wins_over_the_file(start_server, tmp_path):
     ("[serve]\nport = true\n", ["[serve] port", "must be a whole number"]),
     ("[serve]\nquiet = \"yes\"\n", ["[serve] quiet", "must be true or false"]),
     ("[serve]\ngrace = \"10\"\n", ["[serve] grace", "must be a number"]),
-    ("[serve]\nengine = \"asyncio\"\n", ["[serve] engine", "asyncio"]),
+    ("[serve]\nengine = \"trio\"\n", ["[serve] engine", "trio"]),
     ("[serve]\nconfig = \"other.toml\"\n", ["unknown key 'config'"]),
     ("serve = 3\n", ["'serve' must be a table"]),
     ("[server]\nport = 1\n", ["unknown table or key 'server'"]),

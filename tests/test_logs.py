@@ -19,7 +19,8 @@ def test_every_line_has_twisteds_format(server, engine):
     systems = [re.search(r"\[([^\]]+)\] (.*)", line).groups() for line in server.lines]
     assert systems[0] == ("-", "Log opened.")
     starting = {"gevent": "greencmd.server.CommandServer",
-                "twisted": "greencmd.twisted_engine.server.CommandFactory"}[engine]
+                "twisted": "greencmd.twisted_engine.server.CommandFactory",
+                "asyncio": "greencmd.asyncio_engine.server.CommandServer"}[engine]
     assert systems[1][0] == "-" and systems[1][1].startswith(
         starting + " starting on 127.0.0.1:")
     assert ("CommandServer", "Client connection from 127.0.0.1") in systems

@@ -1,4 +1,4 @@
-"""The two engines side by side: the same bytes in, the same bytes out."""
+"""The three engines side by side: the same bytes in, the same bytes out."""
 
 import os
 import socket
@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import greencmd_env, no_twisted_env, run_greencmd
+from conftest import ENGINES, greencmd_env, no_twisted_env, run_greencmd
 
 TRANSCRIPTS = {
     "mixed": b"help\nLASTLOG 3\nlastlog 1001\ncomhash {f}\ncomhash {d}\ncomhash\n"
@@ -26,7 +26,7 @@ def test_engines_give_byte_identical_transcripts(start_server, tmp_path):
     fields = {b"{f}": bytes(tmp_path / "f"), b"{d}": bytes(tmp_path),
               b"{missing}": bytes(tmp_path / "missing \xff"), b"{fifo}": bytes(tmp_path / "fifo")}
     replies = {}
-    for engine in ("gevent", "twisted"):
+    for engine in ENGINES:
         # start_server names --engine gevent first; click takes the last one given.
         server = start_server("--max-line", "32", "--engine", engine)
         for name, transcript in TRANSCRIPTS.items():
@@ -34,13 +34,14 @@ def test_engines_give_byte_identical_transcripts(start_server, tmp_path):
                 transcript = transcript.replace(key, value)
             replies[engine, name] = server.talk(transcript)
     for name in TRANSCRIPTS:
-        assert replies["gevent", name] == replies["twisted", name], name
+        for engine in ENGINES[1:]:
+            assert replies["gevent", name] == replies[engine, name], (engine, name)
         assert replies["gevent", name], name
 
 
 @pytest.mark.engines("gevent")
 def test_engines_agree_on_a_reset_mid_request(start_server):
-    for engine in ("gevent", "twisted"):
+    for engine in ENGINES:
         server = start_server("--engine", engine)
         sock = server.connect()
         sock.sendall(b"help\nlastlog\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import subprocess
@@ -155,7 +156,10 @@ def test_garbage_after_the_handshake_ends_only_that_session(tls_server, pki):
         raw = socket.socket(fileno=sock.fileno())  # below TLS: bytes that are no record
         raw.sendall(b"\x17\x03\x03\x00\x05hello, not encrypted")
         raw.detach()
-        with pytest.raises((ssl.SSLError, OSError)):
+        # The session ends: with a TLS alert or a reset (gevent, Twisted), or a plain
+        # close (asyncio's TLS layer does not flush the alert OpenSSL queued).
+        sock.settimeout(10)
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
             while sock.recv(100):
                 pass
     with tls_socket(server, pki) as sock:

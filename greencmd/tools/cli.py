@@ -130,11 +130,12 @@ def cli() -> None:
          help="Old log files kept by rotation: server.log.1 (the newest) and up.")
 @_option("--quiet", is_flag=True, default=False,
          help="Log only connections, errors and lifecycle, not every command.")
-@_option("--engine", type=click.Choice(["gevent", "twisted"]), default="gevent",
-         help="gevent, or the Twisted twin from the comparison module.")
+@_option("--engine", type=click.Choice(["gevent", "twisted", "asyncio"]), default="gevent",
+         help="gevent, the Twisted twin, or the asyncio engine: the same server in "
+              "each style.")
 @_option("--workers", default=1, type=click.IntRange(1),
-         help="Server processes sharing the port (gevent engine); --max-clients "
-              "applies to each.")
+         help="Server processes sharing the port (gevent and asyncio engines); "
+              "--max-clients applies to each.")
 @_option("--unix", default=None, type=click.Path(dir_okay=False), show_default="none",
          help="Listen on this Unix socket instead of TCP (--host and --port unused). A "
               "stale socket file is replaced; it is removed at shutdown.")
@@ -168,13 +169,13 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
     token = _token(auth_token_file, str(options["host"]), no_auth or bool(options["unix"]))
     _check_tls(options["tls_cert"], options["tls_key"], options["tls_client_ca"])
 
-    if workers > 1 and engine != "gevent":
-        raise click.UsageError("--workers is for the gevent engine only.")
+    if workers > 1 and engine == "twisted":
+        raise click.UsageError("--workers is for the gevent and asyncio engines only.")
     run = _engine(engine)
     if workers > 1:
         from .workers import run_workers
 
-        run = functools.partial(run_workers, count=workers)
+        run = functools.partial(run_workers, count=workers, engine=engine)
     # GREENCMD_LOG_FILE= means "no log file", as --log-file '' does, though click
     # ignores an empty variable; so do the quotes copied from that option.
     if options["log_file"] in ("''", '""'):
@@ -246,6 +247,10 @@ def _engine(name: str):
             return load_run()
         except TwistedMissing as exc:
             raise click.UsageError(str(exc)) from None
+    if name == "asyncio":
+        from ..asyncio_engine.server import run
+
+        return run
     from ..gevent_engine.server import run
 
     return run

@@ -1,4 +1,4 @@
-"""``greencmd serve --workers N``: N gevent server processes on one listening socket.
+"""``greencmd serve --workers N``: N server processes (gevent or asyncio) on one listening socket.
 
 The parent binds the socket before forking (it never starts a gevent hub), then
 supervises: a worker that dies is started again, SIGTERM/SIGINT is passed to
@@ -11,6 +11,7 @@ whole takes up to N times that many sessions.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import signal
 import socket
@@ -53,15 +54,20 @@ def listen(config: ServerConfig) -> socket.socket:
     return listener
 
 
-def run_workers(config: ServerConfig, count: int) -> None:
-    """Bind, start ``count`` workers, supervise them until SIGTERM/SIGINT."""
+#: The engines that can serve on a socket the supervisor bound: their server modules.
+ENGINE_SERVERS = {"gevent": "greencmd.gevent_engine.server",
+                  "asyncio": "greencmd.asyncio_engine.server"}
+
+
+def run_workers(config: ServerConfig, count: int, engine: str = "gevent") -> None:
+    """Bind, start ``count`` workers of ``engine``, supervise them until SIGTERM/SIGINT."""
     listener = listen(config)
     where = (unix_address(config.unix) if config.unix
              else format_address(*listener.getsockname()[:2]))
     log("greencmd.workers.Supervisor (%d workers) starting on %s" % (count, where))
     log(LastlogSource.choose(config).describe())
     try:
-        Supervisor(config, listener, count).run()
+        Supervisor(config, listener, count, ENGINE_SERVERS[engine]).run()
     finally:
         if config.unix:
             remove_socket(config.unix)
@@ -72,8 +78,10 @@ def run_workers(config: ServerConfig, count: int) -> None:
 class Supervisor:
     """Starts, restarts and stops the worker processes."""
 
-    def __init__(self, config: ServerConfig, listener: socket.socket, count: int) -> None:
+    def __init__(self, config: ServerConfig, listener: socket.socket, count: int,
+                 server_module: str) -> None:
         self.config = config
+        self.server_module = server_module
         self.listener = listener
         self.count = count
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
@@ -114,15 +122,15 @@ class Supervisor:
         log("Worker %d started (pid %d)" % (index, pid))
 
     def _work(self, index: int) -> int:
-        """In the child: run one gevent server on the shared socket; the exit status."""
+        """In the child: run one server on the shared socket; the exit status."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
         if not stop_with_parent(self.parent):
             return 0
         try:
-            from ..gevent_engine.server import run  # gevent's hub is born here, in the child
-
-            run(self.config, listener=self.listener)
+            # Imported here, in the child: gevent's hub (or asyncio's loop) is born here.
+            server = importlib.import_module(self.server_module)
+            server.run(self.config, listener=self.listener)
             return 0
         except BaseException as exc:  # noqa: BLE001 (a worker must never return into the parent's loop)
             log("Worker %d failed: %s" % (index, exc))

@@ -1,0 +1,114 @@
+"""Child processes for the asyncio engine: spawn, read, time out, kill and reap.
+
+``lastlog`` runs ``tail``, configured commands run their program, ``follow``
+runs ``tail -F``; each child is started without a shell, stdin from /dev/null,
+in its own session (one ``killpg`` reaches all it started), and whatever ends
+the coroutine that awaits it (a timeout, a client reset, shutdown: all
+cancellations) its ``finally`` kills the group. asyncio reaps the child.
+Compare ``gevent_engine/processes.py`` and ``twisted_engine/processes.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from asyncio.subprocess import DEVNULL, PIPE, Process
+
+from ..core.programs import STDERR_KEPT, Finished, TimedOut, TooMuchOutput
+
+__all__ = ["start", "run", "read_capped", "read_last", "kill_group", "CHUNK", "AT_ONCE"]
+
+#: Read size from a child's pipe (a pipe holds 64 KiB).
+CHUNK = 65536
+#: Children that run to their end at once; more wait their turn.
+AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
+_turns: asyncio.Semaphore | None = None
+
+
+async def start(argv: list[str], stderr: int = PIPE) -> Process:
+    """Start ``argv`` (no shell, stdin /dev/null, its own session); raises OSError."""
+    return await asyncio.create_subprocess_exec(*argv, stdin=DEVNULL, stdout=PIPE,
+                                                stderr=stderr, start_new_session=True)
+
+
+async def run(argv: list[str], timeout: float, limit: int) -> Finished:
+    """Run ``argv`` to its end and return what it printed; raises OSError if it cannot start.
+
+    Raises :class:`TimedOut` after ``timeout`` seconds and :class:`TooMuchOutput`
+    past ``limit`` bytes of stdout. Once the child exits, whatever it left in
+    its session is killed: a grandchild holding our pipe must not hold the reply.
+    """
+    global _turns
+    if _turns is None:  # made in the running loop (Python 3.10 binds it at creation)
+        _turns = asyncio.Semaphore(AT_ONCE)
+    async with _turns:
+        child = await start(argv)
+        # Both pipes are read while the child runs: one that fills stderr must not block.
+        readers = asyncio.gather(read_capped(child, limit), read_last(child.stderr, STDERR_KEPT))
+        try:
+            status, output, errors = await asyncio.wait_for(_complete(child, readers), timeout)
+        except asyncio.TimeoutError:
+            raise TimedOut() from None
+        finally:
+            readers.cancel()
+            kill_group(child)
+    if output is None:
+        raise TooMuchOutput()
+    return Finished(status, output, errors)
+
+
+async def _complete(child: Process, readers: asyncio.Future) -> tuple[int, bytes | None, bytes]:
+    await exited(child.pid)
+    kill_group(child)  # what it left behind must not hold the pipes open
+    output, errors = await readers
+    return await child.wait(), output, errors
+
+
+async def exited(pid: int) -> None:
+    """Wait until process ``pid`` exits, on a pidfd (Linux 5.3+).
+
+    ``Process.wait()`` alone also waits for the child's pipes to close (before
+    Python 3.12), which a grandchild holding them can delay for ever.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfds here: wait as asyncio does
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def read_capped(child: Process, limit: int) -> bytes | None:
+    """Everything stdout gives until EOF; past ``limit`` bytes, kill ``child``, None."""
+    chunks = []
+    size = 0
+    while chunk := await child.stdout.read(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            kill_group(child)
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_last(stream: asyncio.StreamReader, keep: int) -> bytes:
+    """The last ``keep`` bytes ``stream`` gives until EOF (the rest is read and dropped)."""
+    kept = b""
+    while chunk := await stream.read(CHUNK):
+        kept = (kept + chunk)[-keep:]
+    return kept
+
+
+def kill_group(child: Process) -> None:
+    """SIGKILL everything in ``child``'s session, the child included; never raises."""
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
