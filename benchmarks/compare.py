@@ -1,4 +1,4 @@
-"""gevent engine vs Twisted twin, side by side, in one run.
+"""The three engines (gevent, the Twisted twin, asyncio), side by side, in one run.
 
     python benchmarks/compare.py [--reps 3] [--seconds 5] [--only NAME ...]
                                  [--json out.json] [--plot out.png]
@@ -7,7 +7,7 @@ Each scenario starts a fresh server of each engine on a free port, pinned to
 CPU 0 (except comhash, whose point is using every CPU), runs `greencmd bench`
 pinned to CPU 1, and stops the server. Engines alternate in order from one
 repetition to the next. Prints the machine, the commands, the median of each
-engine and the gevent/Twisted ratio of each repetition's pair.
+engine and, for each repetition, gevent's figure over each other engine's.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import threading
 from importlib import metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGINES = ("gevent", "twisted")
+ENGINES = ("gevent", "twisted", "asyncio")
 
 # name: (bench scenario, serve options, bench options, pin the server)
 SCENARIOS = {
@@ -118,7 +118,7 @@ def machine() -> str:
 
 
 def main() -> None:
-    """Run every scenario for both engines, alternating, and report."""
+    """Run every scenario for every engine, in rotating order, and report."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5)
@@ -140,7 +140,8 @@ def main() -> None:
             f.writelines("Nov 26 12:00:%02d host app[1]: line %d of a fixed log\n" % (i, i)
                          for i in range(40))
         for rep in range(args.reps):
-            order = ENGINES if rep % 2 == 0 else ENGINES[::-1]
+            # Rotate the order each repetition: no engine always runs first.
+            order = ENGINES[rep % len(ENGINES):] + ENGINES[:rep % len(ENGINES)]
             for name in names:
                 for engine in order:
                     sys.stderr.write("rep %d/%d: %s, %s\n" % (rep + 1, args.reps, name, engine))
@@ -163,35 +164,39 @@ def main() -> None:
 
 
 def report(names: list[str], results: dict, reps: int) -> None:
-    """Print medians and per-repetition ratios as a Markdown table."""
-    print("| scenario | unit | gevent (median) | Twisted (median) | gevent/Twisted per rep "
-          "| server µs/op gevent / Twisted | p99 ms gevent / Twisted | errors |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    """Print medians and per-repetition ratios (gevent over each engine) as Markdown."""
+    others = ENGINES[1:]
+    print("| scenario | unit | %s (median) | %s | server µs/op %s | p99 ms %s | errors |" % (
+        " | ".join(ENGINES), " | ".join("gevent/%s per rep" % e for e in others),
+        " / ".join(ENGINES), " / ".join(ENGINES)))
+    print("|" + " --- |" * (5 + len(ENGINES) + len(others) - 3))
     for name in names:
         runs = results[name]
         unit = "KiB RSS/session" if name == "idle" else runs["gevent"][0]["unit"]
         medians = {e: statistics.median(value(r, name) for r in runs[e]) for e in ENGINES}
-        ratios = ["%.2f" % (value(g, name) / value(t, name))
-                  for g, t in zip(runs["gevent"], runs["twisted"], strict=True)]
+        ratios = [", ".join("%.2f" % (value(g, name) / value(o, name))
+                            for g, o in zip(runs["gevent"], runs[e], strict=True))
+                  for e in others]
         cost = {e: statistics.median(r["server_us_per_op"] or 0 for r in runs[e])
                 for e in ENGINES}
         p99 = {e: statistics.median(r["p99_ms"] or 0 for r in runs[e]) for e in ENGINES}
         errors = sum(r["errors"] for e in ENGINES for r in runs[e])
-        print("| %s | %s | %.1f | %.1f | %s | %.1f / %.1f | %.1f / %.1f | %d |" % (
-            name, unit, medians["gevent"], medians["twisted"], ", ".join(ratios),
-            cost["gevent"], cost["twisted"], p99["gevent"], p99["twisted"], errors))
+        print("| %s | %s | %s | %s | %s | %s | %d |" % (
+            name, unit, " | ".join("%.1f" % medians[e] for e in ENGINES), " | ".join(ratios),
+            " / ".join("%.1f" % cost[e] for e in ENGINES),
+            " / ".join("%.1f" % p99[e] for e in ENGINES), errors))
         if name == "comhash":
             for e in ENGINES:
-                print("|  | comhash %s vs hashlib single thread | %s |  |  |  |  |  |"
+                print("|  | comhash %s vs hashlib single thread | %s |"
                       % (e, [r["extra"]["vs_hashlib"] for r in runs[e]]))
         if name == "idle":
             for e in ENGINES:
-                print("|  | unknown beside 5,000 idle, %s (replies/s) | %s |  |  |  |  |  |"
+                print("|  | unknown beside 5,000 idle, %s (replies/s) | %s |"
                       % (e, [round(r["rate"]) for r in runs[e]]))
 
 
 def plot(sweep: dict, path: str) -> None:
-    """replies/s against connections, both engines (needs matplotlib: the bench extra)."""
+    """replies/s against connections, every engine (needs matplotlib: the bench extra)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,7 +216,7 @@ def plot(sweep: dict, path: str) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle("greencmd: gevent engine vs Twisted twin")
+    fig.suptitle("greencmd: gevent, Twisted and asyncio engines")
     fig.text(0.01, 0.01, machine(), fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

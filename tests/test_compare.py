@@ -20,7 +20,8 @@ PAGE = b"<p>Mixed CASE Page</p>"
 def test_each_pair_comes_from_the_real_source(pair):
     for side in pair.sides:
         lines = source_of(side)
-        defs = [line for line in lines if line.lstrip().startswith(("def ", "class "))]
+        defs = [line for line in lines
+                if line.lstrip().startswith(("def ", "async def ", "class "))]
         names = [name for part in side.parts for name in part.names]
         assert len(defs) >= len(names)
         for name in names:

@@ -169,6 +169,9 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
     token = _token(auth_token_file, str(options["host"]), no_auth or bool(options["unix"]))
     _check_tls(options["tls_cert"], options["tls_key"], options["tls_client_ca"])
 
+    if engine == "asyncio" and options["tls_cert"] and sys.version_info < (3, 11):
+        raise click.UsageError("TLS with --engine asyncio needs Python 3.11 or newer "
+                               "(StreamWriter.start_tls); use --engine gevent or twisted.")
     if workers > 1 and engine == "twisted":
         raise click.UsageError("--workers is for the gevent and asyncio engines only.")
     run = _engine(engine)

@@ -49,16 +49,19 @@ class Pair(NamedTuple):
 
 
 def _engines(module: str, gevent_names: tuple[str, ...], twisted_names: tuple[str, ...],
-             **more: tuple[Part, ...]) -> tuple[Side, ...]:
+             asyncio_names: tuple[str, ...], **more: tuple[Part, ...]) -> tuple[Side, ...]:
     """The sides of a pair whose code sits in ``module`` of each engine's package.
 
-    ``more``: further parts, by engine (``gevent=``, ``twisted=``), from other modules.
+    ``more``: further parts, by engine (``gevent=``, ``twisted=``, ``asyncio=``),
+    from other modules.
     """
-    def parts(engine: str, names: tuple[str, ...]) -> tuple[Part, ...]:
-        return (Part("%s_engine/%s" % (engine, module), names),) + more.get(engine, ())
+    def side(label: str, names: tuple[str, ...]) -> Side:
+        engine = label.lower()
+        return Side(label, (Part("%s_engine/%s" % (engine, module), names),)
+                    + more.get(engine, ()))
 
-    return (Side("gevent", parts("gevent", gevent_names)),
-            Side("Twisted", parts("twisted", twisted_names)))
+    return (side("gevent", gevent_names), side("Twisted", twisted_names),
+            side("asyncio", asyncio_names))
 
 
 _PAGE, _PAGE_TWIN = "tools/compare/getpage.py", "tools/compare/getpage_twisted.py"
@@ -70,60 +73,74 @@ PAIRS = [
                   ("CommandSession.dataReceived", "CommandSession.lineReceived",
                    "CommandSession.authenticate", "CommandSession.wait_for",
                    "CommandSession.command_failed", "CommandSession.deliver",
-                   "CommandSession.hold", "CommandSession.go_on"))),
+                   "CommandSession.hold", "CommandSession.go_on"),
+                  ("Session.serve", "Session.run_command"))),
     Pair("errors", "Error paths: every way a session ends, and a client that resets while "
          "a command waits.",
          "gevent costs more here: a watcher greenlet per waiting command notices a reset, "
-         "which Twisted's reactor reports by itself (connectionLost).",
+         "which Twisted's reactor reports by itself (connectionLost); asyncio needs a "
+         "watcher task too (until_reset).",
          _engines("session.py", ("Session.run", "watched_for_reset", "kill_on_reset"),
                   ("CommandSession.connectionLost", "CommandSession.readConnectionLost",
-                   "CommandSession.finish_at_eof"))),
+                   "CommandSession.finish_at_eof"),
+                  ("Session.run", "until_reset"))),
     Pair("timeout", "The idle timeout: close a session that sends no complete line in time.",
          "gevent costs more here: one reaper greenlet that kills idle sessions, where Twisted "
-         "has TimeoutMixin (setTimeout, resetTimeout, timeoutConnection).",
+         "has TimeoutMixin (setTimeout, resetTimeout, timeoutConnection) and asyncio a "
+         "wait_for on each read, against one deadline per line.",
          (Side("gevent", (Part("gevent_engine/server.py",
                                ("CommandServer._reap_idle_sessions",)),)),
           Side("Twisted", (Part("twisted_engine/session.py",
-                                ("CommandSession.timeoutConnection",)),)))),
+                                ("CommandSession.timeoutConnection",)),)),
+          Side("asyncio", (Part("asyncio_engine/connection.py",
+                                ("Connection.receive",)),)))),
     Pair("lastlog", "lastlog: run tail, frame its output, stop it if it takes too long.", "",
-         _engines("commands.py", ("lastlog",), ("lastlog", "lastlog_failed"))),
+         _engines("commands.py", ("lastlog",), ("lastlog", "lastlog_failed"), ("lastlog",))),
     Pair("programs", "A configured command: run its program, frame its output or say why "
          "it failed.", "",
-         _engines("commands.py", ("program",), ("program", "program_failed"))),
+         _engines("commands.py", ("program",), ("program", "program_failed"), ("program",))),
     Pair("comhash", "comhash: hash a file on a thread while other sessions go on; stop "
          "the thread when nobody waits.", "",
-         _engines("commands.py", ("comhash",), ("comhash", "stop_hashing"))),
+         _engines("commands.py", ("comhash",), ("comhash", "stop_hashing"),
+                  ("comhash", "ServerState.in_thread"))),
     Pair("plugin", "A plugin command: call a Python function, turn an exception into an "
          "error line.", "",
-         _engines("commands.py", ("plugin",), ("plugin", "plugin_failed"))),
+         _engines("commands.py", ("plugin",), ("plugin", "plugin_failed"), ("plugin",))),
     Pair("processes", "A child process: read stdout and stderr, time out, kill it and all it "
          "started, reap it.",
          "gevent costs more here: its engine spawns through fast_subprocess (shown), which "
          "overrides a private stdlib method and uses loop internals; gevent.subprocess "
-         "alone reads plainer but spawns 3x slower.",
+         "alone reads plainer but spawns 3x slower. asyncio's Process.wait() also waits "
+         "for the child's pipes, so the exit is awaited on a pidfd there too.",
          _engines("processes.py", ("run", "read_capped", "read_last", "kill_group",
                                    "kill_and_reap"),
                   ("spawn", "SessionChild", "ChildProtocol", "run"),
+                  ("start", "run", "_complete", "exited", "read_capped", "read_last",
+                   "kill_group"),
                   gevent=(Part("gevent_engine/fast_subprocess.py", ("Popen",)),))),
     Pair("follow", "follow: stream tail -F to the client until a line stops it; a client "
          "that stops reading stalls only its own follow.", "",
          _engines("follow.py", ("follow", "wait_for_stop"),
                   ("FollowProtocol", "StallWatch", "follow", "begin"),
+                  ("follow", "wait_for_stop"),
                   twisted=(Part("twisted_engine/session.py",
                                 ("CommandSession.start_follow", "CommandSession.follow_began",
                                  "CommandSession.follow_ended",
                                  "CommandSession.end_follow")),))),
     Pair("tls", "TLS: a handshake bounded to 10 seconds, one log line when it fails.", "",
          _engines("tls.py", ("tls_context", "tls_handshake"), ("tls_options", "with_tls"),
+                  ("tls_context", "tls_handshake"),
                   twisted=(Part("twisted_engine/session.py",
                                 ("CommandSession.handshakeCompleted",
                                  "CommandSession.handshake_late")),))),
     Pair("shutdown", "Shutdown: stop listening, let commands finish for the grace, say bye "
          "to everyone.",
          "gevent costs more here: killing greenlets needs care that a reply is never cut "
-         "(a kill can land inside sendall); Twisted cancels Deferreds between writes.",
+         "(a kill can land inside sendall); Twisted cancels Deferreds and asyncio cancels "
+         "tasks, and both transports hold whole replies.",
          _engines("server.py", ("CommandServer.shutdown",),
-                  ("CommandFactory.shutdown", "finished", "settled_within"))),
+                  ("CommandFactory.shutdown", "finished", "settled_within"),
+                  ("CommandServer.shutdown",))),
     Pair("getpage-print", "getPage lesson 1: fetch a page and print it (one callback).", "",
          (Side("gevent", (Part(_PAGE, ("fetch", "print_page")),)),
           Side("Twisted", (Part(_PAGE_TWIN, ("get_page", "print_page")),)))),
