@@ -166,10 +166,11 @@ def main() -> None:
 def report(names: list[str], results: dict, reps: int) -> None:
     """Print medians and per-repetition ratios (gevent over each engine) as Markdown."""
     others = ENGINES[1:]
-    print("| scenario | unit | %s (median) | %s | server µs/op %s | p99 ms %s | errors |" % (
-        " | ".join(ENGINES), " | ".join("gevent/%s per rep" % e for e in others),
+    print("| scenario | unit | %s | %s | server µs/op %s | p99 ms %s | errors |" % (
+        " | ".join("%s (median)" % e for e in ENGINES),
+        " | ".join("gevent/%s per rep" % e for e in others),
         " / ".join(ENGINES), " / ".join(ENGINES)))
-    print("|" + " --- |" * (5 + len(ENGINES) + len(others) - 3))
+    print("|" + " --- |" * (2 * len(ENGINES) + 4))
     for name in names:
         runs = results[name]
         unit = "KiB RSS/session" if name == "idle" else runs["gevent"][0]["unit"]

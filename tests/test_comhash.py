@@ -106,7 +106,7 @@ def test_slow_hash_does_not_hold_up_other_sessions(server, tmp_path):
         f.truncate(BIG)
     slow = server.connect(timeout=60)
     slow.sendall(b"comhash %s\n" % bytes(big))
-    server.wait_for_log(lambda line: "comhash" in line)
+    server.wait_for_log(lambda line: ": comhash" in line)
     # help is answered on another connection while the 1 GiB hash is still running,
     assert server.talk(b"help\n") == HELP
     slow.setblocking(False)

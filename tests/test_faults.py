@@ -80,7 +80,7 @@ def test_a_reset_stops_the_hash_its_client_was_waiting_for(start_server, tmp_pat
     (tmp_path / "small").write_bytes(b"small")
     sock = server.connect()
     sock.sendall(b"comhash %s\n" % bytes(huge))
-    server.wait_for_log(lambda line: "comhash" in line)
+    server.wait_for_log(lambda line: ": comhash" in line)
     time.sleep(0.3)  # the thread is hashing now
     reset(sock)
     server.wait_for_log(lambda line: "Reason: Connection was reset by peer." in line)
@@ -96,7 +96,7 @@ def test_shutdown_keeps_its_grace_with_a_hash_in_flight(start_server, tmp_path):
     huge = sparse_file(tmp_path / "huge.img", HUGE)
     with server.connect(timeout=30) as sock:
         sock.sendall(b"comhash %s\n" % bytes(huge))
-        server.wait_for_log(lambda line: "comhash" in line)
+        server.wait_for_log(lambda line: ": comhash" in line)
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         # The abandoned hash gets no reply, not even an empty error line.
@@ -114,7 +114,7 @@ def test_a_client_that_resets_while_its_command_waits_is_forgotten(start_server,
     huge = sparse_file(tmp_path / "huge.img", HUGE)
     sock = server.connect()
     sock.sendall(b"comhash %s\n" % bytes(huge))
-    server.wait_for_log(lambda line: "comhash" in line)
+    server.wait_for_log(lambda line: ": comhash" in line)
     reset(sock)
     # Its slot is free at once: the one allowed session can be opened again.
     server.wait_for_log(lambda line: "Reason: Connection was reset by peer." in line)

@@ -204,3 +204,35 @@ def test_one_host_may_carry_its_port(servers):
     assert (result.returncode, result.stdout, result.stderr) == (0, HELP, b"")
     result = run_greencmd("client", "--host", "127.0.0.1:x", "help")
     assert result.returncode == 2 and b"bad port 'x'" in result.stderr
+
+
+def test_client_follow_ends_at_once_on_an_error_reply(servers, tmp_path):
+    found = servers(2, "--lastlog-file", str(tmp_path / "no-such.log"))
+    for args in (["--port", str(found[0].port)], hosts(found)):
+        for request in (["follow", "1"], ["follow", "0"]):
+            # A hang (until the server's 300 s idle timeout) fails as TimeoutExpired.
+            result = run_greencmd("client", *args, *request, timeout=20)
+            assert result.returncode == 1, result.stderr
+            assert b"An error occured: " in result.stdout
+
+
+def test_json_with_one_host_prints_the_fleets_object(servers):
+    (server,) = servers(1)
+    result = run_greencmd("client", "--port", str(server.port), "--json", "help")
+    assert result.returncode == 0
+    record = json.loads(result.stdout)
+    assert record["port"] == server.port and record["exit"] == 0
+    assert record["reply"] == HELP.decode() and record["error"] is None
+    assert result.stderr == b"1 server: 1 ok, 0 error replies, 0 unreachable\n"
+    unix = run_greencmd("client", "--unix", "/nope", "--json", "help")
+    assert unix.returncode == 2 and b"--json" in unix.stderr
+
+
+def test_a_hosts_file_line_may_end_in_a_comment(servers, tmp_path):
+    found = servers(2)
+    hosts_file = tmp_path / "hosts"
+    hosts_file.write_text("# the web tier\n127.0.0.1:%d  # web1\n127.0.0.1:%d\t# web2\n"
+                          % (found[0].port, found[1].port))
+    result = run_greencmd("client", "--hosts-file", str(hosts_file), "help")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b"2 servers: 2 ok, 0 error replies, 0 unreachable\n"

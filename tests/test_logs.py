@@ -151,3 +151,21 @@ def test_a_closed_stdout_does_not_stop_the_server(tmp_path):
         proc.terminate()
         assert proc.wait(timeout=30) == 0
     assert b"Traceback" not in proc.stderr.read()
+
+
+def test_start_up_says_how_it_is_protected_and_what_it_serves(start_server, tmp_path):
+    server = start_server("--lastlog-file", str(tmp_path / "not-yet.log"))
+    server.wait_for_log(lambda line: line.endswith("[-] TLS off; auth off"))
+    server.wait_for_log(lambda line: "lastlog source: %s (warning: it does not exist"
+                        % (tmp_path / "not-yet.log") in line)
+    server.wait_for_log(lambda line: line.endswith(
+        "[-] Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit"))
+
+
+def test_start_up_says_auth_is_on(start_server, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("x" * 32 + "\n")
+    token.chmod(0o600)
+    server = start_server("--auth-token-file", str(token))
+    server.wait_for_log(lambda line: line.endswith(
+        "[-] TLS off; auth on (each session must send auth TOKEN first)"))

@@ -32,7 +32,7 @@ def test_signal_lets_the_hash_finish_then_says_bye_to_everyone(start_server, tmp
     idle = server.connect()
     idle.sendall(b"help\n")
     assert read_until(idle, b"\n") == HELP
-    server.wait_for_log(lambda line: "comhash" in line)
+    server.wait_for_log(lambda line: ": comhash" in line)
     server.proc.send_signal(signum)
     server.wait_for_log(lambda line: "Shutting down" in line)
     # New connections are refused at once...

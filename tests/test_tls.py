@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import ssl
 import subprocess
 import time
 
 import pytest
-from conftest import HELP, read_until, run_greencmd
+from conftest import HELP, REPO, read_until, run_greencmd
 
 NOT_FOUND = b"Command not found.\n"
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
@@ -212,3 +213,63 @@ def test_openssl_s_client_sees_a_clean_tls_close_after_exit(tls_server, pki):
     assert HELP in result.stdout
     assert b"unexpected eof" not in result.stderr, result.stderr
     assert result.returncode == 0, result.stderr
+
+
+def test_start_up_says_tls_is_on_and_mutual(tls_server, pki):
+    server = tls_server("server", "--tls-client-ca", str(pki / "ca.pem"))
+    server.wait_for_log(lambda line: line.endswith(
+        "[-] TLS on, mutual (clients need a certificate signed by %s); auth off"
+        % (pki / "ca.pem")))
+
+
+def test_tls_mistakes_are_one_sentence_naming_the_cause_and_the_option(
+        tls_server, start_server, pki):
+    server = tls_server("server", "--tls-client-ca", str(pki / "ca.pem"))
+    port = ["--port", str(server.port)]
+    plain = run_greencmd("client", *port, "help")
+    assert plain.returncode == 3
+    assert plain.stderr == (b"greencmd: 127.0.0.1:%d closed the connection without a reply "
+                            b"(a TLS port does that to a client without --tls)\n" % server.port)
+    server.wait_for_log(lambda line: "TLS handshake failed: the client does not speak TLS"
+                        in line)
+    no_cert = run_greencmd("client", *port, "--cafile", str(pki / "ca.pem"), "help")
+    assert no_cert.returncode == 3
+    # asyncio's TLS layer closes without sending the alert: the client can only guess.
+    assert b"client certificate" in no_cert.stderr and b"--cert and --key" in no_cert.stderr
+    server.wait_for_log(lambda line: "the client sent no certificate" in line)
+    stranger = run_greencmd("client", *port, "--cafile", str(pki / "ca.pem"), "--cert",
+                            str(pki / "intruder.pem"), "--key", str(pki / "intruder.key"), "help")
+    assert stranger.returncode == 3
+    assert b"give --cert and --key signed by the CA it trusts" in stranger.stderr
+    fleet = run_greencmd("client", "--host", "127.0.0.1:%d" % server.port, "--host",
+                         "localhost:%d" % server.port, "--cafile", str(pki / "ca.pem"), "help")
+    assert fleet.stdout.count(b"--cert and --key") == 2
+    for result in (plain, no_cert, stranger, fleet):
+        assert b"Traceback" not in result.stderr and b"not permitted" not in result.stderr
+    plain_server = start_server()
+    on_plain = run_greencmd("client", "--port", str(plain_server.port), "--cafile",
+                            str(pki / "ca.pem"), "help")
+    assert on_plain.returncode == 3
+    assert b"it may not speak TLS (try without --tls and --cafile)" in on_plain.stderr
+
+
+def test_the_certificate_recipe_in_the_docs_works_as_written(start_server, tmp_path):
+    text = (REPO / "docs" / "certificates.md").read_text()
+    recipe = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    made = tmp_path / "made"
+    made.mkdir()
+    done = subprocess.run(["sh", "-e", "-c", recipe], cwd=made, capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (made / "server.key").stat().st_mode & 0o077 == 0
+    server = start_server("--tls-cert", str(made / "server.pem"), "--tls-key",
+                          str(made / "server.key"), "--tls-client-ca", str(made / "ca.pem"))
+    result = run_greencmd("client", "--port", str(server.port), "--cafile",
+                          str(made / "ca.pem"), "--cert", str(made / "client.pem"), "--key",
+                          str(made / "client.key"), "help")
+    assert (result.returncode, result.stdout) == (0, HELP), result.stderr
+    # The name in the certificate is checked too (the address is 127.0.0.1).
+    by_ip = run_greencmd("client", "--host", "127.0.0.1:%d" % server.port, "--cafile",
+                         str(made / "ca.pem"), "--cert", str(made / "client.pem"), "--key",
+                         str(made / "client.key"), "--json", "help")
+    assert json.loads(by_ip.stdout)["exit"] == 0

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from ..core import protocol
 from ..core.logs import IDLE, RESET
 from ..core.settings import LINGER_BYTES, LINGER_SECONDS, RECV_SIZE
 
-__all__ = ["Connection", "LineTooLong", "IdleTimeout", "ClientGone", "OtherProtocol"]
+__all__ = ["Connection", "LineTooLong", "IdleTimeout", "ClientGone", "OtherProtocol",
+           "within"]
 
 
 class LineTooLong(Exception):
@@ -89,11 +92,8 @@ class Connection:
     async def receive(self, deadline: float | None = None) -> None:
         """Read what the client sent into the line buffer; ClientGone on a reset."""
         try:
-            if deadline is None:
-                data = await self.reader.read(RECV_SIZE)
-            else:
-                left = deadline - asyncio.get_running_loop().time()
-                data = await asyncio.wait_for(self.reader.read(RECV_SIZE), max(left, 0))
+            left = None if deadline is None else deadline - asyncio.get_running_loop().time()
+            data = await within(left, self.reader.read(RECV_SIZE))
         except asyncio.TimeoutError:
             raise IdleTimeout() from None
         except OSError as exc:
@@ -116,7 +116,7 @@ class Connection:
         ``timeout`` (default: the idle timeout) is how long it may take: then ClientGone.
         """
         try:
-            await asyncio.wait_for(self.writer.drain(), timeout or self.idle_timeout)
+            await within(timeout or self.idle_timeout, self.writer.drain())
         except asyncio.TimeoutError:
             raise ClientGone(IDLE) from None
         except OSError as exc:
@@ -146,6 +146,24 @@ class Connection:
                 await asyncio.wait_for(writer.wait_closed(), LINGER_SECONDS)
             except (OSError, asyncio.TimeoutError):
                 pass
+
+
+async def within(seconds: float | None, awaitable: Awaitable[T]) -> T:
+    """``await awaitable``; TimeoutError after ``seconds`` (None: no limit).
+
+    ``asyncio.timeout`` (Python 3.11+) costs no task; ``wait_for`` makes one per
+    call before Python 3.12, which would be a task per read and per reply.
+    """
+    if seconds is None:
+        return await awaitable
+    if _timeout is None:  # Python 3.10
+        return await asyncio.wait_for(awaitable, max(seconds, 0))
+    async with _timeout(max(seconds, 0)):
+        return await awaitable
+
+
+_timeout = getattr(asyncio, "timeout", None)
+T = TypeVar("T")
 
 
 async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

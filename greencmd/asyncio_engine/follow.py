@@ -12,22 +12,28 @@ from __future__ import annotations
 
 import asyncio
 from asyncio.subprocess import DEVNULL, Process
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..core import logtail, protocol
 from . import processes
+from .commands import ServerState
 from .connection import ClientGone, Connection, LineTooLong
 
-if TYPE_CHECKING:
-    from .session import Session
-
 __all__ = ["follow"]
+
+class Following(Protocol):
+    """What a follow needs of its session (``session.Session`` has it)."""
+
+    conn: Connection
+    state: ServerState
+    following: Process | None
+
 
 #: What ``wait_for_stop`` returns when the client reset.
 GONE = object()
 
 
-async def follow(session: Session, arg: bytes) -> bytes:
+async def follow(session: Following, arg: bytes) -> bytes:
     """Send the backlog, then lines as they are appended; return the reply's last part."""
     conn, state = session.conn, session.state
     try:
@@ -58,9 +64,10 @@ async def follow(session: Session, arg: bytes) -> bytes:
         ended = stopper.result() if stopper.done() else None
     finally:
         session.following = None
+        processes.kill_group(tail)
         if stopper is not None:
             stopper.cancel()
-        processes.kill_group(tail)
+            await asyncio.wait({stopper})  # its read ends before the session reads again
     if ended is GONE:
         raise ClientGone()
     return lines.finish() + protocol.FOLLOW_END

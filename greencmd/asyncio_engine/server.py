@@ -27,6 +27,7 @@ from ..core.logs import (
     session_name,
 )
 from ..core.settings import BACKLOG, LINGER_SECONDS, ServerConfig, format_address
+from ..core.startup import startup_lines
 from .commands import ServerState
 from .connection import Connection
 from .processes import kill_group
@@ -169,7 +170,8 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None) -> 
         where = await server.start(listener)
         if listener is None:
             log("greencmd.asyncio_engine.server.CommandServer starting on %s" % where)
-            log(server.state.lastlog.describe())
+            for line in startup_lines(config, server.state.lastlog, server.state.help):
+                log(line)
         await stop.wait()
         await server.shutdown(config.grace)
     finally:

@@ -141,3 +141,6 @@ async def until_reset(conn: Connection, work: Awaitable[bytes]) -> bytes:
         command.cancel()
         if watcher is not None:
             watcher.cancel()
+            # Its read must be over before the session reads again (a StreamReader
+            # takes one reader at a time).
+            await asyncio.wait({watcher})

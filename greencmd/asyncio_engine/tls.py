@@ -12,7 +12,12 @@ import ssl
 
 from ..core.logs import log
 from ..core.settings import ServerConfig
-from ..core.tls import HANDSHAKE_SECONDS, describe_tls_error, server_context
+from ..core.tls import (
+    HANDSHAKE_SECONDS,
+    describe_tls_error,
+    server_context,
+    server_handshake_failure,
+)
 
 __all__ = ["tls_context", "tls_handshake"]
 
@@ -35,7 +40,8 @@ async def tls_handshake(context: ssl.SSLContext, writer: asyncio.StreamWriter,
     except (asyncio.TimeoutError, ConnectionAbortedError):
         why = "no handshake within %g seconds" % HANDSHAKE_SECONDS
     except (ssl.SSLError, OSError) as exc:
-        why = describe_tls_error(exc) or "the client closed the connection"
+        why = server_handshake_failure(describe_tls_error(exc)
+                                       or "the client closed the connection")
     log("TLS handshake failed: %s" % why, system)
     writer.transport.abort()
     return False

@@ -26,7 +26,7 @@ from gevent.pool import Pool
 
 from ..core import protocol
 from ..core.errors import describe_os_error
-from ..core.tls import client_context, describe_tls_error
+from ..core.tls import PLAIN_HINT, client_context, client_tls_failure
 from .hosts import Target
 from .single import Refused, authenticate, no_more_requests
 
@@ -73,8 +73,7 @@ def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
     except TimeoutError:
         return _failed(target, received, "no reply within %g seconds" % timeout, started)
     except ssl.SSLError as exc:
-        return _failed(target, received, "TLS handshake failed: %s" % describe_tls_error(exc),
-                       started)
+        return _failed(target, received, "TLS failed: %s" % client_tls_failure(exc), started)
     except Refused as exc:
         return Outcome(target, FAILED, b"".join(received), str(exc) or "no reply to auth",
                        _since(started))
@@ -85,7 +84,8 @@ def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
             sock.close()
     reply = b"".join(received)
     if not reply:
-        return _failed(target, received, "closed the connection without a reply", started)
+        return _failed(target, received, "closed the connection without a reply"
+                       + ("" if tls else PLAIN_HINT), started)
     return Outcome(target, FAILED if replies.failed else OK, reply, None, _since(started))
 
 
@@ -95,9 +95,14 @@ def _stream(sock, on_line, stop: Event, timeout: float, replies, received) -> No
     try:
         sock.settimeout(None)
         pending = b""
+        began = True
         while data := sock.recv(65536):
             replies.feed(data)
             received.append(data)
+            if replies.failed and began:  # no follow began: let the server close
+                began = False
+                sock.settimeout(timeout)
+                no_more_requests(sock)
             *lines, pending = (pending + data).split(b"\n")
             for line in lines:
                 if on_line is not None:
@@ -189,5 +194,11 @@ def _print_lines(out: BinaryIO, label: str, lines: list[bytes]) -> None:
 
 def _summary(outcomes: list[Outcome], err: TextIO) -> None:
     counts = [sum(o.exit == status for o in outcomes) for status in (OK, FAILED, UNREACHABLE)]
-    print("%d servers: %d ok, %d error replies, %d unreachable" % (len(outcomes), *counts),
-          file=err or sys.stderr)
+    print("%d %s: %d ok, %d error %s, %d unreachable" % (
+        len(outcomes), plural(len(outcomes), "server"), counts[0], counts[1],
+        plural(counts[1], "reply", "replies"), counts[2]), file=err or sys.stderr)
+
+
+def plural(count: int, one: str, many: str | None = None) -> str:
+    """``one`` for 1, else ``many`` (default: ``one`` + s)."""
+    return one if count == 1 else many or one + "s"

@@ -47,7 +47,10 @@ def parse_target(text: str, default_port: int) -> Target:
 
 
 def read_hosts_file(path: str, default_port: int) -> list[Target]:
-    """The servers of a hosts file; blank lines and ``#`` lines skipped. Raises ValueError."""
+    """The servers of a hosts file; blank lines and ``#`` comments skipped. Raises ValueError.
+
+    A comment may also end a line: ``10.0.0.5:9999  # web1``.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -56,8 +59,8 @@ def read_hosts_file(path: str, default_port: int) -> list[Target]:
             from None
     found = []
     for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
+        line = line.split("#", 1)[0].strip()
+        if not line:
             continue
         try:
             found.append(parse_target(line, default_port))

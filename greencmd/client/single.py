@@ -18,7 +18,7 @@ from typing import BinaryIO, NamedTuple
 
 from ..core import protocol
 from ..core.errors import describe_os_error
-from ..core.tls import describe_tls_error, is_tls
+from ..core.tls import PLAIN_HINT, client_tls_failure, is_tls
 
 __all__ = ["Endpoint", "ClientError", "OK", "FAILED", "UNREACHABLE", "request", "interact",
            "follow", "is_follow"]
@@ -120,7 +120,7 @@ def tls_connect(sock: socket.socket, context: ssl.SSLContext, host: str,
         return context.wrap_socket(sock, server_hostname=host)
     except (ssl.SSLError, OSError) as exc:
         sock.close()
-        raise ClientError("TLS handshake with %s failed: %s" % (where, describe_tls_error(exc))) \
+        raise ClientError("TLS handshake with %s failed: %s" % (where, client_tls_failure(exc))) \
             from None
 
 
@@ -133,10 +133,9 @@ def request(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
             sock.sendall(line + b"\n")
             no_more_requests(sock)  # the server answers, then closes
         except OSError as exc:
-            raise ClientError("connection to %s lost: %s" % (where, describe_os_error(exc))) \
-                from None
+            raise _lost(exc, where, timeout) from None
         replies = _copy_replies(sock, out, timeout, where)
-    return _status(replies, expects_reply(line), where)
+    return _status(replies, expects_reply(line), where, "" if endpoint.tls else PLAIN_HINT)
 
 
 def is_follow(line: bytes) -> bool:
@@ -164,6 +163,11 @@ def follow(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
                 replies.feed(data)
                 out.write(data)
                 out.flush()
+                if replies.failed:  # no follow began (no log, a bad N): nothing to wait for
+                    sock.settimeout(timeout)
+                    _send_or_close(sock, b"", where)
+                    _copy_replies(sock, out, timeout, where, replies)
+                    break
             return _status(replies, True, where)  # the server ended it (shutdown, an error)
         except KeyboardInterrupt:
             for signum in (signal.SIGINT, signal.SIGTERM):  # a second one: no traceback
@@ -251,10 +255,13 @@ def expects_reply(data: bytes) -> bool:
     return False
 
 
-def _status(replies: protocol.ReplyScanner, asked: bool, where: str) -> int:
-    """The exit status for what came back; no reply to a request is a failure (3)."""
+def _status(replies: protocol.ReplyScanner, asked: bool, where: str, hint: str = "") -> int:
+    """The exit status for what came back; no reply to a request is a failure (3).
+
+    ``hint`` ends the no-reply sentence (:data:`PLAIN_HINT` for a plain client).
+    """
     if asked and not replies.received:
-        raise ClientError("%s closed the connection without a reply" % where)
+        raise ClientError("%s closed the connection without a reply%s" % (where, hint))
     return FAILED if replies.failed else OK
 
 
@@ -273,8 +280,7 @@ def _send_or_close(sock: socket.socket, data: bytes, where: str) -> None:
         else:
             no_more_requests(sock)
     except OSError as exc:
-        raise ClientError("connection to %s lost: %s" % (where, describe_os_error(exc))) \
-            from None
+        raise _lost(exc, where, None) from None
 
 
 def _copy_replies(sock: socket.socket, out: BinaryIO, timeout: float, where: str,
@@ -299,6 +305,8 @@ def _recv(sock: socket.socket, timeout: float | None, where: str) -> bytes:
 
 def _lost(exc: OSError, where: str, timeout: float | None) -> ClientError:
     """A failed read as the one sentence the user sees."""
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, ssl.SSLError):  # TLS 1.3 reports a refused certificate only now
+        return ClientError("TLS with %s failed: %s" % (where, client_tls_failure(exc)))
+    if isinstance(exc, TimeoutError) and timeout is not None:
         return ClientError("no reply from %s within %g seconds" % (where, timeout))
     return ClientError("connection to %s lost: %s" % (where, describe_os_error(exc)))

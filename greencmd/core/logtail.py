@@ -49,9 +49,12 @@ class LastlogSource(NamedTuple):
                 % ", ".join(self.tried))
 
     def describe(self) -> str:
-        """The start-up log line that names the source."""
+        """The start-up log line that names the source, with a warning if it is missing."""
         if self.path is None:
             return "lastlog source: none (%s)" % self.missing()
+        if not os.path.exists(self.path):
+            return ("lastlog source: %s (warning: it does not exist; lastlog and follow fail "
+                    "until it does)" % self.path)
         return "lastlog source: %s" % self.path
 
 

@@ -10,7 +10,31 @@ from __future__ import annotations
 import ssl
 
 __all__ = ["HANDSHAKE_SECONDS", "server_context", "client_context", "describe_tls_error",
-           "is_tls"]
+           "is_tls", "client_tls_failure", "server_handshake_failure", "PLAIN_HINT"]
+
+#: What a plain client is told when a server closes without a word: TLS ports do that.
+PLAIN_HINT = " (a TLS port does that to a client without --tls)"
+
+#: Client side: OpenSSL's reason -> what it likely means, and the option that fixes it.
+_CLIENT_REASONS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server requires a client certificate: give "
+                                         "--cert and --key",
+    "TLSV1_ALERT_UNKNOWN_CA": "the server does not trust the CA of this client certificate: "
+                              "give --cert and --key signed by the CA it trusts",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the server refused this client certificate: give --cert "
+                                   "and --key signed by the CA it trusts",
+    "WRONG_VERSION_NUMBER": "the server does not speak TLS: try without --tls and --cafile",
+    "UNEXPECTED_EOF_WHILE_READING": "the server closed the TLS connection without a word: "
+                                    "it may not speak TLS (try without --tls and --cafile), "
+                                    "or want a client certificate (--cert and --key)",
+}
+#: Server side: the few words of a failed handshake -> what the client likely did.
+_SERVER_REASONS = {
+    "wrong version number": "the client does not speak TLS (a plain client, without --tls?)",
+    "http request": "the client sent plain HTTP, not TLS",
+    "peer did not return a certificate": "the client sent no certificate (mutual TLS: it "
+                                         "needs --cert and --key)",
+}
 
 #: A client that has not completed its handshake by then is dropped.
 HANDSHAKE_SECONDS = 10.0
@@ -68,3 +92,21 @@ def describe_tls_error(exc: BaseException) -> str:
 def is_tls(sock: object) -> bool:
     """True for a TLS socket: the standard library's, or gevent's (which is not a subclass)."""
     return isinstance(sock, ssl.SSLSocket) or hasattr(sock, "unwrap")
+
+
+def client_tls_failure(exc: BaseException) -> str:
+    """A client's failed TLS exchange as one phrase naming the likely cause and the fix."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ("%s: give --cafile with the CA that signed the server's certificate, or "
+                "connect to a name the certificate holds" % describe_tls_error(exc))
+    reason = getattr(exc, "reason", None) or ""
+    if isinstance(exc, ssl.SSLEOFError):
+        reason = "UNEXPECTED_EOF_WHILE_READING"
+    hint = _CLIENT_REASONS.get(reason)
+    return "%s (%s)" % (hint, describe_tls_error(exc)) if hint else describe_tls_error(exc)
+
+
+def server_handshake_failure(words: str) -> str:
+    """The server log's reason for a failed handshake: the likely cause, then OpenSSL's words."""
+    cause = _SERVER_REASONS.get(words)
+    return "%s (%s)" % (cause, words) if cause else words

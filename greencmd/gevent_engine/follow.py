@@ -14,25 +14,31 @@ client's producer, and ``asyncio_engine/follow.py``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import gevent
 
 from ..core import logtail, protocol
 from . import processes
+from .commands import ServerState
 from .connection import ClientGone, Connection, LineTooLong
 from .fast_subprocess import DEVNULL, Popen
 
-if TYPE_CHECKING:
-    from .session import Session
-
 __all__ = ["follow"]
+
+class Following(Protocol):
+    """What a follow needs of its session (``session.Session`` has it)."""
+
+    conn: Connection
+    state: ServerState
+    following: Popen | None
+
 
 #: What ``wait_for_stop`` returns when the client reset.
 GONE = object()
 
 
-def follow(session: Session, arg: bytes) -> bytes:
+def follow(session: Following, arg: bytes) -> bytes:
     """Send the backlog, then lines as they are appended; return the reply's last part."""
     conn, state = session.conn, session.state
     try:

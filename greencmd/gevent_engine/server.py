@@ -41,6 +41,7 @@ from ..core.settings import (
     ServerConfig,
     format_address,
 )
+from ..core.startup import startup_lines
 from .commands import ServerState
 from .connection import Connection, IdleTimeout, nothing_pending
 from .processes import kill_group
@@ -220,7 +221,8 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
             where = (unix_address(config.unix) if config.unix
                      else format_address(*server.address[:2]))
             log("greencmd.server.CommandServer starting on %s" % where)
-            log(server.state.lastlog.describe())
+            for line in startup_lines(config, server.state.lastlog, server.state.help):
+                log(line)
         stop.wait()
         server.shutdown(config.grace)
     finally:

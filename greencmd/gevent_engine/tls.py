@@ -14,7 +14,12 @@ import gevent.ssl
 
 from ..core.logs import log
 from ..core.settings import ServerConfig
-from ..core.tls import HANDSHAKE_SECONDS, describe_tls_error, server_context
+from ..core.tls import (
+    HANDSHAKE_SECONDS,
+    describe_tls_error,
+    server_context,
+    server_handshake_failure,
+)
 
 __all__ = ["tls_context", "tls_handshake"]
 
@@ -42,7 +47,8 @@ def tls_handshake(context: ssl.SSLContext, sock: socket.socket,
     except HandshakeTimeout:
         why = "no handshake within %g seconds" % HANDSHAKE_SECONDS
     except (ssl.SSLError, OSError) as exc:
-        why = describe_tls_error(exc) or "the client closed the connection"
+        why = server_handshake_failure(describe_tls_error(exc)
+                                       or "the client closed the connection")
     tls_sock.close()
     log("TLS handshake failed: %s" % why, system)
     return None

@@ -281,12 +281,13 @@ def _engine(name: str):
 @click.option("--key", default=None, type=click.Path(dir_okay=False),
               help="Private key of --cert.")
 @click.option("--hosts-file", default=None, type=click.Path(dir_okay=False),
-              help="More servers, one HOST, HOST:PORT or [IPV6]:PORT per line ('#' lines "
-                   "and blank lines skipped).")
+              help="More servers, one HOST, HOST:PORT or [IPV6]:PORT per line ('#' starts "
+                   "a comment, on its own line or after a host; blank lines skipped).")
 @click.option("--parallel", default=32, type=click.IntRange(1), show_default=True,
               help="With several servers: how many are asked at once.")
 @click.option("--json", "as_json", is_flag=True,
-              help="With several servers: one JSON object per server per line.")
+              help="One JSON object per server per line (host, port, exit, reply, error, "
+                   "seconds), with one server too.")
 @click.argument("command", nargs=-1)
 @click.pass_context
 def client_command(ctx: click.Context, hosts: tuple[str, ...], port: int, timeout: float,
@@ -310,7 +311,11 @@ def client_command(ctx: click.Context, hosts: tuple[str, ...], port: int, timeou
     out = click.get_binary_stream("stdout")
     if hosts_file and ctx.get_parameter_source("hosts") == ParameterSource.DEFAULT:
         hosts = ()  # the file names the servers; the default host is not one of them
-    if len(hosts) > 1 or hosts_file:
+    if as_json and unix:
+        raise click.UsageError("--json is for servers named by --host or --hosts-file, "
+                               "not --unix")
+    # One host with --json prints the fleet's object, so scripts read one format.
+    if len(hosts) > 1 or hosts_file or as_json:
         tls_files = (cafile, cert, key) if context is not None else None
         sys.exit(_fleet(hosts, hosts_file, port, timeout, parallel, token, tls_files,
                         os.fsencode(line), as_json, out))

@@ -27,6 +27,7 @@ from ..core.settings import (
     ServerConfig,
     format_address,
 )
+from ..core.startup import startup_lines
 
 __all__ = ["run_workers"]
 
@@ -65,7 +66,8 @@ def run_workers(config: ServerConfig, count: int, engine: str = "gevent") -> Non
     where = (unix_address(config.unix) if config.unix
              else format_address(*listener.getsockname()[:2]))
     log("greencmd.workers.Supervisor (%d workers) starting on %s" % (count, where))
-    log(LastlogSource.choose(config).describe())
+    for line in startup_lines(config, LastlogSource.choose(config)):
+        log(line)
     try:
         Supervisor(config, listener, count, ENGINE_SERVERS[engine]).run()
     finally:

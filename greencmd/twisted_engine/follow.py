@@ -11,19 +11,32 @@ is dropped. The session sees the stop line and kills tail; ``ended`` fires at
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from ..core import logtail, protocol
+from ..core.settings import ServerConfig
 from . import processes
-
-if TYPE_CHECKING:
-    from .session import CommandSession
+from .commands import ServerState
 
 __all__ = ["FollowProtocol", "StallWatch", "follow", "begin"]
+
+
+class Following(Protocol):
+    """What a follow needs of its session (``session.CommandSession`` has it)."""
+
+    transport: object
+    state: ServerState
+    config: ServerConfig
+
+    def stalled(self) -> None:
+        """The client took nothing for the idle timeout."""
+
+    def follow_ended(self, tail: FollowProtocol) -> None:
+        """tail is gone."""
 
 
 class FollowProtocol(processes.SessionChild):
@@ -76,7 +89,7 @@ class StallWatch:
         self.timer = None
 
 
-def follow(session: CommandSession, arg: bytes) -> bytes | defer.Deferred:
+def follow(session: Following, arg: bytes) -> bytes | defer.Deferred:
     """Start a follow: the error reply now, or a Deferred of the running tail (or of the
     error reply) once the backlog, read on a thread, is written."""
     try:
@@ -88,7 +101,7 @@ def follow(session: CommandSession, arg: bytes) -> bytes | defer.Deferred:
 
 
 def begin(start: logtail.FollowStart | bytes,
-          session: CommandSession) -> bytes | FollowProtocol:
+          session: Following) -> bytes | FollowProtocol:
     """Callback: write the backlog, start tail -F, make its transport the client's producer."""
     if isinstance(start, bytes):
         return start

@@ -31,6 +31,7 @@ from ..core.logs import (
     reopen_log_files,
 )
 from ..core.settings import BACKLOG, LINGER_SECONDS, REFUSING, ServerConfig, format_address
+from ..core.startup import startup_lines
 from .commands import ServerState
 from .session import CommandSession
 from .tls import with_tls
@@ -188,7 +189,8 @@ def run(config: ServerConfig) -> None:
     # and whoever waits for this line may signal at once.
     reactor.callWhenRunning(log, "greencmd.twisted_engine.server.CommandFactory starting on %s"
                             % where)
-    reactor.callWhenRunning(log, factory.state.lastlog.describe())
+    for line in startup_lines(config, factory.state.lastlog, factory.state.help):
+        reactor.callWhenRunning(log, line)
     install_flush_timer(lambda delay, flush: reactor.callLater(delay, flush).cancel)
     reactor.addSystemEventTrigger("before", "shutdown", factory.shutdown)
     globalLogPublisher.addObserver(AcceptFailures())

@@ -11,10 +11,9 @@ when the connection is lost, which is what shutdown waits for. Compare
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from twisted.internet import defer, error, reactor
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
+from twisted.internet.protocol import ServerFactory
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
@@ -37,12 +36,9 @@ from ..core.logs import (
     session_name,
 )
 from ..core.settings import LINGER_BYTES, LINGER_SECONDS, RECV_SIZE
-from ..core.tls import HANDSHAKE_SECONDS
+from ..core.tls import HANDSHAKE_SECONDS, server_handshake_failure
 from .follow import FollowProtocol, follow
 from .tls import describe_openssl_error
-
-if TYPE_CHECKING:
-    from .server import CommandFactory
 
 __all__ = ["CommandSession", "ReplyBackpressure"]
 
@@ -83,7 +79,8 @@ class CommandSession(LineReceiver, TimeoutMixin):
 
     delimiter = b"\n"
 
-    def __init__(self, server: CommandFactory, number: int) -> None:
+    def __init__(self, server: ServerFactory, number: int) -> None:
+        """``server``: the ``server.CommandFactory`` that made it (its limits, state, sessions)."""
         self.server = server
         self.state = server.state
         self.config = config = server.config
@@ -146,8 +143,8 @@ class CommandSession(LineReceiver, TimeoutMixin):
         if self.handshake_timer is not None:  # the handshake never completed
             if self.handshake_timer.active():
                 self.handshake_timer.cancel()
-            log(self.reason or "TLS handshake failed: %s" % describe_openssl_error(
-                reason.value), self.system)
+            log(self.reason or "TLS handshake failed: %s" % server_handshake_failure(
+                describe_openssl_error(reason.value)), self.system)
         else:
             self.paused = self.hanging_up = True  # nothing more is sent
             if self.running is not None:

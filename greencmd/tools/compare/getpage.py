@@ -18,14 +18,11 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+from .lesson_text import page_error
+
 __all__ = ["LESSONS", "PAGE", "page_error", "print_page", "lower_page", "missing_page", "main"]
 
 PAGE = b"<html><body>Hello from the GETPAGE lesson</body></html>\n"
-
-
-def page_error(status: int, reason: str, url: str) -> str:
-    """The line both engines print for a page that could not be fetched."""
-    return "Could not get %s: %d %s" % (url, status, reason)
 
 
 def fetch(url: str) -> bytes:

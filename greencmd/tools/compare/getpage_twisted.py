@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import react
 from twisted.web.client import Agent, readBody
 
-from .getpage import page_error
+from .lesson_text import page_error
 
 __all__ = ["PageError", "get_page", "print_page", "lower_page", "missing_page", "run"]
 
