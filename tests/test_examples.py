@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import configparser
+import re
 import shlex
-import shutil
 import subprocess
 import sys
 
 import click
-import pytest
 from conftest import REPO
 
 from greencmd.core.configfile import load
@@ -33,7 +32,25 @@ def test_the_unit_runs_greencmd_serve_with_the_example_config():
         if word.startswith("--"):
             assert word in options, word
     assert argv[argv.index("--config") + 1] == "/etc/greencmd/greencmd.toml"
-    assert unit()["Service"]["ExecReload"] == "/bin/kill -HUP $MAINPID"  # reopens the log
+    service = unit()["Service"]
+    # The log is in the journal: a reload would have nothing to reopen.
+    assert "ExecReload" not in service
+    assert service["RestartPreventExitStatus"] == "2"  # a typo must not restart in a loop
+    assert service["UMask"] == "0077" and service["CapabilityBoundingSet"] == ""
+
+
+def test_the_token_is_never_readable_by_others_while_it_is_made(tmp_path):
+    # The install steps of the unit's comment, run as written (without chown).
+    steps = [line.strip("# ").strip() for line in
+             (SYSTEMD / "greencmd.service").read_text().splitlines()
+             if "/etc/greencmd/token" in line and line.startswith("#   ")]
+    assert steps[0].startswith("install -m 600") and "/dev/null" in steps[0]
+    token = tmp_path / "token"
+    script = "\n".join(step.replace(" -o greencmd -g greencmd", "")
+                       .replace("/etc/greencmd/token", str(token)) for step in steps)
+    subprocess.run(["sh", "-e", "-c", "umask 022\n" + script], check=True, timeout=30)
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert len(token.read_text().strip()) == 64
 
 
 def test_every_key_of_the_example_config_is_a_serve_option_of_the_right_type():
@@ -44,14 +61,27 @@ def test_every_key_of_the_example_config_is_a_serve_option_of_the_right_type():
     assert [command.name for command in commands] == ["uptime", "unit"]
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
-def test_systemd_analyze_verifies_the_unit(tmp_path):
-    # The unit as installed, but with this Python in place of /opt/greencmd/bin/greencmd.
+def installed_copy(tmp_path):
+    """The unit as installed, with this Python in place of /opt/greencmd/bin/greencmd."""
     text = (SYSTEMD / "greencmd.service").read_text().replace(
         "/opt/greencmd/bin/greencmd serve", "%s -m greencmd serve" % sys.executable)
     copy = tmp_path / "greencmd.service"
     copy.write_text(text)
-    result = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
-                            text=True, timeout=60)
+    return copy
+
+
+def test_systemd_analyze_scores_the_unit_2_or_less(tmp_path):
+    result = subprocess.run(["systemd-analyze", "security", "--offline=yes",
+                             str(installed_copy(tmp_path))], capture_output=True, text=True,
+                            timeout=60)
+    match = re.search(r"Overall exposure level for greencmd.service: ([0-9.]+)",
+                      result.stdout)
+    assert match, result.stdout[-2000:] + result.stderr
+    assert float(match[1]) <= 2.0, result.stdout
+
+
+def test_systemd_analyze_verifies_the_unit(tmp_path):
+    result = subprocess.run(["systemd-analyze", "verify", str(installed_copy(tmp_path))],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "greencmd.service" not in result.stderr, result.stderr
