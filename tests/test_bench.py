@@ -57,9 +57,9 @@ def test_unreachable_server_is_one_sentence(server):
     port = server.port
     assert server.stop() == 0
     result = run_greencmd("bench", "--port", str(port), "unknown")
-    assert result.returncode == 1
+    assert result.returncode == 3  # as the client: the server cannot be reached
     assert result.stderr.splitlines()[-1] == (
-        b"Error: unknown: 127.0.0.1:%d: connection refused" % port)
+        b"greencmd: unknown: cannot reach 127.0.0.1:%d: connection refused" % port)
     assert b"Traceback" not in result.stderr
 
 

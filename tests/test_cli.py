@@ -206,10 +206,28 @@ def test_client_exit_3_when_the_server_closes_without_replying():
         result = run_greencmd("client", "--port", str(port), "help")
         thread.join()
     assert result.returncode == 3 and result.stdout == b""
-    assert result.stderr == b"greencmd: 127.0.0.1:%d closed the connection without a reply\n" \
-        % port
+    assert result.stderr == (b"greencmd: 127.0.0.1:%d closed the connection without a reply "
+                             b"(a TLS port does that to a client without --tls)\n" % port)
 
 
 def test_client_exit_gets_no_reply_and_exits_0(server):
     result = client(server, "exit")
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+def test_help_texts_say_what_each_command_takes():
+    client = run_greencmd("client", "--help").stdout.decode()
+    assert "0 picks a free one" not in client
+    assert "holds the token itself" in " ".join(client.split())
+    bench = " ".join(run_greencmd("bench", "--help").stdout.decode().split())
+    assert "Address to bind" not in bench and "The server to load." in bench
+    assert "(idle scenario)" not in bench
+
+
+def test_a_config_error_on_the_command_line_does_not_name_the_variable(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[serve]\nport = 'x'\n")
+    result = run_greencmd("serve", "--config", str(bad))
+    assert result.returncode == 2
+    assert b"Invalid value for '--config': " in result.stderr
+    assert b"GREENCMD_CONFIG" not in result.stderr

@@ -138,7 +138,8 @@ def test_a_hosts_file_with_duplicates_blanks_comments_and_ipv6(servers, tmp_path
     ("host:", b"bad port ''"),
     ("host:x", b"bad port 'x'"),
     ("[::1]:abc", b"bad port 'abc'"),
-    ("a b", b"is not HOST, HOST:PORT or [IPV6]:PORT"),
+    ("a b", b"'b' is not a setting (key=value"),
+    ("[::1", b"is not HOST, HOST:PORT or [IPV6]:PORT"),
 ])
 def test_a_bad_hosts_file_line_is_a_usage_error(tmp_path, line, words):
     path = tmp_path / "hosts"
@@ -236,3 +237,43 @@ def test_a_hosts_file_line_may_end_in_a_comment(servers, tmp_path):
     result = run_greencmd("client", "--hosts-file", str(hosts_file), "help")
     assert result.returncode == 0, result.stderr
     assert result.stderr == b"2 servers: 2 ok, 0 error replies, 0 unreachable\n"
+
+
+def test_gather_prints_each_distinct_reply_once_under_its_hosts(servers, tmp_path):
+    found = servers(3)
+    (tmp_path / "s2" / "app.log").write_bytes(b"another line\n")  # one server differs
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead = closed.getsockname()[1]
+    closed.close()
+    result = run_greencmd("client", *hosts(found), "--host", "127.0.0.1:%d" % dead,
+                          "--gather", "lastlog", "1")
+    assert result.returncode == 3
+    out = result.stdout.decode()
+    blocks = out.split("---------------\n")
+    first_two = sorted(str(s.port) for s in found[:2])
+    assert out.count("Begin lastlog\nold line\nEnd lastlog\n") == 1
+    assert out.count("Begin lastlog\nanother line\nEnd lastlog\n") == 1
+    headers = [block.splitlines()[0] for block in blocks if block.startswith("127.")]
+    assert headers[0].endswith("(2)") and all(port in headers[0] or "[" in headers[0]
+                                              for port in first_two)
+    assert headers[-1] == "127.0.0.1:%d (1)" % dead  # the unreachable one comes last
+    assert out.rstrip().endswith("error: connection refused")
+    assert result.stderr == b"4 servers: 3 ok, 0 error replies, 1 unreachable\n"
+
+
+@pytest.mark.parametrize("names, folded", [
+    (["web1", "web2", "web3", "web7", "db"], "db,web[1-3,7]"),
+    (["10.0.0.5:9901", "10.0.0.5:9902", "10.0.0.5:9904"], "10.0.0.5:[9901-9902,9904]"),
+    (["n01", "n02", "n10"], "n[01-02,10]"),
+    (["web1", "web12", "web10", "web11"], "web[1,10-12]"),
+    (["a"], "a"),
+])
+def test_gather_folds_host_names_into_ranges(names, folded):
+    from greencmd.client.gather import fold
+    assert fold(names) == folded
+
+
+def test_gather_and_json_do_not_go_together():
+    result = run_greencmd("client", "--gather", "--json", "help")
+    assert result.returncode == 2 and b"choose one" in result.stderr

@@ -75,7 +75,7 @@ def fifo_server(start_server, tmp_path, *options):
 def test_fifo_source_hits_the_command_timeout(start_server, tmp_path):
     server, fifo = fifo_server(start_server, tmp_path, "--command-timeout", "1")
     reply = server.talk(b"lastlog\nhelp\n")
-    assert reply == (b"An error occured: lastlog of '%s' did not finish within 1 seconds;"
+    assert reply == (b"An error occured: lastlog of '%s' did not finish within 1 second;"
                      b" stopped\n%s" % (bytes(fifo), HELP))
     wait_until(lambda: not server.children(), 10, "tail killed and reaped")
 

@@ -190,7 +190,7 @@ def test_command_timeout_applies_to_plugins(plugged):
         # Other sessions are served meanwhile.
         assert server.talk(b"echo hi\n") == b"echo: hi\n"
         assert read_until(sock, b"\n") == (
-            b"An error occured: nap did not finish within 1 seconds; stopped\n")
+            b"An error occured: nap did not finish within 1 second; stopped\n")
         assert time.monotonic() - started < 5
 
 

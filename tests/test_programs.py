@@ -136,7 +136,7 @@ def test_a_program_that_never_ends_is_killed_at_the_command_timeout(programs):
     server = programs("--command-timeout", "1")
     started = time.monotonic()
     assert server.talk(b"forever\n") == (
-        b"An error occured: forever did not finish within 1 seconds; stopped\n")
+        b"An error occured: forever did not finish within 1 second; stopped\n")
     assert time.monotonic() - started < 5
     wait_until(lambda: not marked_processes(), message="sleep killed")
 

@@ -25,12 +25,20 @@ from gevent.event import Event
 from gevent.pool import Pool
 
 from ..core import protocol
-from ..core.errors import describe_os_error
-from ..core.tls import PLAIN_HINT, client_context, client_tls_failure
+from ..core.auth import read_token_file
+from ..core.errors import describe_os_error, duration
+from ..core.tls import (
+    PLAIN_HINT,
+    REFUSED_CERT_HINT,
+    client_context,
+    client_tls_failure,
+    describe_tls_error,
+)
+from .gather import print_gathered
 from .hosts import Target
 from .single import Refused, authenticate, no_more_requests
 
-__all__ = ["Outcome", "ask", "run"]
+__all__ = ["Outcome", "Profile", "profiles", "ask", "run"]
 
 OK, FAILED, UNREACHABLE = 0, 1, 3
 
@@ -45,13 +53,60 @@ class Outcome(NamedTuple):
     seconds: float
 
 
-def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
-        tls: ssl.SSLContext | None = None, on_line=None, stop: Event | None = None) -> Outcome:
+class Profile(NamedTuple):
+    """How one server is asked: its TLS context (or None), its token (or None), its timeout."""
+
+    tls: ssl.SSLContext | None
+    token: bytes | None
+    timeout: float
+
+
+def profiles(found: list[Target], tls_files: tuple | None, token: bytes | None,
+             timeout: float) -> dict[Target, Profile]:
+    """Each server's profile: its hosts-file settings over the command line's.
+
+    ``tls_files``: (cafile, cert, key) from the command line, or None for no TLS.
+    Raises ValueError naming a file that cannot be used.
+    """
+    contexts: dict[tuple, ssl.SSLContext] = {}
+    tokens: dict[str, bytes] = {}
+    chosen = {}
+    for target in found:
+        own = dict(target.settings)
+        files = tls_files
+        wants_tls = own.get("tls", "").lower()
+        if wants_tls in ("true", "yes") or {"cafile", "cert", "key"} & set(own):
+            base = tls_files or (None, None, None)
+            files = (own.get("cafile", base[0]), own.get("cert", base[1]),
+                     own.get("key", base[2]))
+        if wants_tls in ("false", "no"):
+            files = None
+        context = None
+        if files is not None:
+            if files not in contexts:
+                try:  # a context whose sockets wait cooperatively
+                    contexts[files] = client_context(*files, ssl_module=gevent.ssl)
+                except (OSError, ssl.SSLError) as exc:
+                    raise ValueError("%s: cannot load %s: %s" % (
+                        target.label, " / ".join(f for f in files if f),
+                        describe_tls_error(exc))) from None
+            context = contexts[files]
+        path = own.get("token-file")
+        if path is not None and path not in tokens:
+            tokens[path] = read_token_file(path)
+        chosen[target] = Profile(context, tokens[path] if path else token,
+                                 float(own.get("timeout", timeout)))
+    return chosen
+
+
+def ask(target: Target, line: bytes, profile: Profile, on_line=None,
+        stop: Event | None = None) -> Outcome:
     """Send ``line`` to one server and read its whole reply; never raises.
 
     ``stop`` (follow): the request is not half-closed; once ``stop`` is set, the
     stop line is sent. ``on_line``, if given, gets each line as it arrives.
     """
+    tls, token, timeout = profile
     started = time.monotonic()
     replies = protocol.ReplyScanner()
     received: list[bytes] = []
@@ -71,7 +126,7 @@ def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
         else:
             _stream(sock, on_line, stop, timeout, replies, received)
     except TimeoutError:
-        return _failed(target, received, "no reply within %g seconds" % timeout, started)
+        return _failed(target, received, "no reply within %s" % duration(timeout), started)
     except ssl.SSLError as exc:
         return _failed(target, received, "TLS failed: %s" % client_tls_failure(exc), started)
     except Refused as exc:
@@ -85,7 +140,7 @@ def ask(target: Target, line: bytes, timeout: float, token: bytes | None,
     reply = b"".join(received)
     if not reply:
         return _failed(target, received, "closed the connection without a reply"
-                       + ("" if tls else PLAIN_HINT), started)
+                       + (REFUSED_CERT_HINT if tls else PLAIN_HINT), started)
     return Outcome(target, FAILED if replies.failed else OK, reply, None, _since(started))
 
 
@@ -130,34 +185,36 @@ def _since(started: float) -> float:
     return round(time.monotonic() - started, 3)
 
 
-def run(found: list[Target], line: bytes, timeout: float, parallel: int, token: bytes | None,
-        tls_files: tuple | None, out: BinaryIO, err: TextIO, as_json: bool) -> int:
+def run(found: dict[Target, Profile], line: bytes, parallel: int, out: BinaryIO, err: TextIO,
+        as_json: bool, gather: bool = False) -> int:
     """Ask every server, print each reply as it completes; return the exit status.
 
-    ``tls_files``: (cafile, cert, key) to speak TLS, or None.
+    ``found``: each server and how to ask it (:func:`profiles`). ``gather``: print
+    each distinct reply once, at the end (:mod:`.gather`).
     A ``follow`` runs on every server at once (``parallel`` does not hold back
     the rest until the first ones are stopped), until SIGINT or SIGTERM.
     """
     follow = protocol.parse_request(line).word == b"follow"
-    # (cafile, cert, key): a context whose sockets wait cooperatively.
-    tls = client_context(*tls_files, ssl_module=gevent.ssl) if tls_files else None
     stop = Event()
     handlers = [gevent.signal_handler(signum, stop.set)
                 for signum in (signal.SIGINT, signal.SIGTERM)] if follow else []
 
     def ask_one(target: Target) -> Outcome:
         on_line = _line_printer(out, target.label) if follow and not as_json else None
-        return ask(target, line, timeout, token, tls, on_line, stop if follow else None)
+        return ask(target, line, found[target], on_line, stop if follow else None)
 
     outcomes = []
     try:
         pool = Pool(len(found) if follow else parallel)
         for outcome in pool.imap_unordered(ask_one, found):
-            _report(outcome, out, streamed=follow and not as_json, as_json=as_json)
+            if not gather:
+                _report(outcome, out, streamed=follow and not as_json, as_json=as_json)
             outcomes.append(outcome)
     finally:
         for handler in handlers:
             handler.cancel()
+    if gather:
+        print_gathered(outcomes, out)
     _summary(outcomes, err)
     if any(o.exit == UNREACHABLE for o in outcomes):
         return UNREACHABLE

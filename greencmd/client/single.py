@@ -17,8 +17,8 @@ import threading
 from typing import BinaryIO, NamedTuple
 
 from ..core import protocol
-from ..core.errors import describe_os_error
-from ..core.tls import PLAIN_HINT, client_tls_failure, is_tls
+from ..core.errors import describe_os_error, duration
+from ..core.tls import PLAIN_HINT, REFUSED_CERT_HINT, client_tls_failure, is_tls
 
 __all__ = ["Endpoint", "ClientError", "OK", "FAILED", "UNREACHABLE", "request", "interact",
            "follow", "is_follow"]
@@ -62,8 +62,8 @@ def connect(endpoint: Endpoint, timeout: float) -> socket.socket:
         if endpoint.tls is not None:
             sock = tls_connect(sock, endpoint.tls, endpoint.host, where)
     except TimeoutError:
-        raise ClientError("cannot connect to %s: no answer within %g seconds"
-                          % (where, timeout)) from None
+        raise ClientError("cannot connect to %s: no answer within %s"
+                          % (where, duration(timeout))) from None
     except OSError as exc:
         raise ClientError("cannot connect to %s: %s" % (where, describe_os_error(exc))) \
             from None
@@ -135,7 +135,8 @@ def request(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
         except OSError as exc:
             raise _lost(exc, where, timeout) from None
         replies = _copy_replies(sock, out, timeout, where)
-    return _status(replies, expects_reply(line), where, "" if endpoint.tls else PLAIN_HINT)
+    return _status(replies, expects_reply(line), where,
+                   REFUSED_CERT_HINT if endpoint.tls else PLAIN_HINT)
 
 
 def is_follow(line: bytes) -> bool:
@@ -240,7 +241,7 @@ def _send_file(sock: socket.socket, fd: int, out: BinaryIO, timeout: float,
     replies = _copy_replies(sock, out, timeout, where)
     sender.join()
     if failure and isinstance(failure[0], TimeoutError):
-        raise ClientError("%s took no more requests for %g seconds" % (where, timeout))
+        raise ClientError("%s took no more requests for %s" % (where, duration(timeout)))
     if failure and not replies.received:
         raise ClientError("connection to %s lost: %s" % (where, describe_os_error(failure[0])))
     return _status(replies, asked[0], where)
@@ -308,5 +309,5 @@ def _lost(exc: OSError, where: str, timeout: float | None) -> ClientError:
     if isinstance(exc, ssl.SSLError):  # TLS 1.3 reports a refused certificate only now
         return ClientError("TLS with %s failed: %s" % (where, client_tls_failure(exc)))
     if isinstance(exc, TimeoutError) and timeout is not None:
-        return ClientError("no reply from %s within %g seconds" % (where, timeout))
+        return ClientError("no reply from %s within %s" % (where, duration(timeout)))
     return ClientError("connection to %s lost: %s" % (where, describe_os_error(exc)))

@@ -7,7 +7,7 @@ import os
 from . import protocol
 from .logs import log
 
-__all__ = ["BindError", "cannot_listen", "describe_os_error", "internal_error"]
+__all__ = ["BindError", "cannot_listen", "describe_os_error", "internal_error", "duration"]
 
 
 class BindError(Exception):
@@ -40,3 +40,8 @@ def internal_error(word: bytes, exc: BaseException, system: str) -> bytes:
     log("Command %s failed unexpectedly: %s" % (protocol.printable(word),
                                                type(exc).__name__), system)
     return protocol.error("internal error")
+
+
+def duration(count: float) -> str:
+    """``1 second``, ``2.5 seconds``: a duration as a sentence says it."""
+    return "%g second%s" % (count, "" if count == 1 else "s")

@@ -13,6 +13,7 @@ import stat
 from typing import NamedTuple
 
 from . import protocol
+from .errors import duration
 from .logs import flush_logs
 from .protocol import Refused
 from .settings import LASTLOG_CANDIDATES, ServerConfig
@@ -177,5 +178,5 @@ def lastlog_result(source: str, status: int | None, output: bytes | None,
 
 def lastlog_timed_out(source: str, seconds: float) -> bytes:
     """The ``lastlog`` reply when ``tail`` ran past ``--command-timeout``."""
-    return protocol.error("lastlog of %r did not finish within %g seconds; stopped"
-                          % (source, seconds))
+    return protocol.error("lastlog of %r did not finish within %s; stopped"
+                          % (source, duration(seconds)))

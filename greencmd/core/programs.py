@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from . import protocol
+from .errors import duration
 from .protocol import Refused
 
 __all__ = ["ProgramCommand", "command_from_table", "check_name", "timed_out", "last_line",
@@ -103,7 +104,7 @@ class ProgramCommand:
 
 def timed_out(name: str, seconds: float) -> bytes:
     """The reply when a configured or plugin command ran past ``--command-timeout``."""
-    return protocol.error("%s did not finish within %g seconds; stopped" % (name, seconds))
+    return protocol.error("%s did not finish within %s; stopped" % (name, duration(seconds)))
 
 
 def last_line(data: bytes) -> str:

@@ -10,10 +10,14 @@ from __future__ import annotations
 import ssl
 
 __all__ = ["HANDSHAKE_SECONDS", "server_context", "client_context", "describe_tls_error",
-           "is_tls", "client_tls_failure", "server_handshake_failure", "PLAIN_HINT"]
+           "is_tls", "client_tls_failure", "server_handshake_failure", "PLAIN_HINT",
+           "REFUSED_CERT_HINT"]
 
 #: What a plain client is told when a server closes without a word: TLS ports do that.
 PLAIN_HINT = " (a TLS port does that to a client without --tls)"
+#: And a TLS client: with TLS 1.3 a refused client certificate is learnt only then.
+REFUSED_CERT_HINT = (" (a server with mutual TLS does that when it refuses the client "
+                     "certificate: give --cert and --key signed by the CA it trusts)")
 
 #: Client side: OpenSSL's reason -> what it likely means, and the option that fixes it.
 _CLIENT_REASONS = {

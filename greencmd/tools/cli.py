@@ -81,15 +81,17 @@ def _read_config(ctx: click.Context, param: click.Parameter, path: str | None) -
     try:
         ctx.default_map, commands = load(path, ctx.command, ctx)
     except ConfigError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
+        # A hint of our own: click's would name GREENCMD_CONFIG even for a command-line value.
+        raise click.BadParameter(str(exc), param_hint="'--config'") from None
     return commands
 
 
 _host = _option("--host", default=protocol.DEFAULT_HOST,
-                help="Address to bind (serve) or connect to (client); 0.0.0.0 or :: "
-                     "serves other machines.")
+                help="Address to bind; 0.0.0.0 or :: serves other machines.")
 _port = _option("--port", default=protocol.DEFAULT_PORT, type=click.IntRange(0, 65535),
-                help="TCP port; with serve, 0 picks a free one (the log shows it).")
+                help="TCP port; 0 picks a free one (the log shows it).")
+_server_port = _option("--port", default=protocol.DEFAULT_PORT, type=click.IntRange(1, 65535),
+                       help="The server's TCP port (for a --host without one).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -263,14 +265,14 @@ def _engine(name: str):
 @_option("--host", "hosts", multiple=True, default=[protocol.DEFAULT_HOST],
          help="Server to connect to; give it more than once to ask several servers at "
               "once (HOST, HOST:PORT or [IPV6]:PORT).")
-@_port
+@_server_port
 @click.option("--timeout", default=10.0, type=click.FloatRange(0, min_open=True),
               show_default=True, help="Seconds to wait for the connection and for each reply.")
 @click.option("--unix", default=None, type=click.Path(dir_okay=False),
               help="Connect to this Unix socket instead of --host/--port.")
 @click.option("--token-file", default=None, type=click.Path(dir_okay=False),
               help="Send 'auth TOKEN' first, with the token on this file's first line "
-                   "(or in GREENCMD_TOKEN).")
+                   "(or GREENCMD_TOKEN, which holds the token itself, not a file name).")
 @click.option("--tls", is_flag=True,
               help="Speak TLS; verify the server's certificate against the system's CAs "
                    "and its host name.")
@@ -281,19 +283,26 @@ def _engine(name: str):
 @click.option("--key", default=None, type=click.Path(dir_okay=False),
               help="Private key of --cert.")
 @click.option("--hosts-file", default=None, type=click.Path(dir_okay=False),
-              help="More servers, one HOST, HOST:PORT or [IPV6]:PORT per line ('#' starts "
-                   "a comment, on its own line or after a host; blank lines skipped).")
+              help="More servers, one HOST, HOST:PORT or [IPV6]:PORT per line, optionally "
+                   "in [group] sections with [group:vars] settings (tls, cafile, cert, key, "
+                   "token-file, timeout) and settings after a host; '#' starts a comment.")
+@click.option("--group", "groups", multiple=True,
+              help="Only the servers of this [group] of the --hosts-file (repeatable).")
 @click.option("--parallel", default=32, type=click.IntRange(1), show_default=True,
               help="With several servers: how many are asked at once.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per server per line (host, port, exit, reply, error, "
                    "seconds), with one server too.")
+@click.option("--gather", is_flag=True,
+              help="Print each distinct reply once, under the servers that gave it (their "
+                   "names folded into ranges), error replies and unreachable servers last.")
 @click.argument("command", nargs=-1)
 @click.pass_context
 def client_command(ctx: click.Context, hosts: tuple[str, ...], port: int, timeout: float,
                    unix: str | None, token_file: str | None, tls: bool, cafile: str | None,
                    cert: str | None, key: str | None, hosts_file: str | None,
-                   parallel: int, as_json: bool, command: tuple[str, ...]) -> None:
+                   groups: tuple[str, ...], parallel: int, as_json: bool, gather: bool,
+                   command: tuple[str, ...]) -> None:
     """Send COMMAND and print the reply; with no COMMAND, act like netcat on stdin.
 
     ``follow [N]`` prints lines as they come, until Ctrl-C stops it cleanly.
@@ -311,14 +320,20 @@ def client_command(ctx: click.Context, hosts: tuple[str, ...], port: int, timeou
     out = click.get_binary_stream("stdout")
     if hosts_file and ctx.get_parameter_source("hosts") == ParameterSource.DEFAULT:
         hosts = ()  # the file names the servers; the default host is not one of them
-    if as_json and unix:
-        raise click.UsageError("--json is for servers named by --host or --hosts-file, "
-                               "not --unix")
+    if (as_json or gather) and unix:
+        raise click.UsageError("--json and --gather are for servers named by --host or "
+                               "--hosts-file, not --unix")
+    if as_json and gather:
+        raise click.UsageError("--json and --gather do not go together: choose one")
+    if gather and client.is_follow(os.fsencode(line)):
+        raise click.UsageError("--gather does not apply to follow, whose lines never end")
     # One host with --json prints the fleet's object, so scripts read one format.
-    if len(hosts) > 1 or hosts_file or as_json:
+    if groups and not hosts_file:
+        raise click.UsageError("--group picks groups of a --hosts-file: give one")
+    if len(hosts) > 1 or hosts_file or as_json or gather:
         tls_files = (cafile, cert, key) if context is not None else None
-        sys.exit(_fleet(hosts, hosts_file, port, timeout, parallel, token, tls_files,
-                        os.fsencode(line), as_json, out))
+        sys.exit(_fleet(hosts, hosts_file, groups, port, timeout, parallel, token, tls_files,
+                        os.fsencode(line), as_json, gather, out))
     try:
         target = parse_target(hosts[0], port)
     except ValueError as exc:
@@ -340,22 +355,23 @@ def client_command(ctx: click.Context, hosts: tuple[str, ...], port: int, timeou
     sys.exit(status)
 
 
-def _fleet(hosts: tuple[str, ...], hosts_file: str | None, port: int, timeout: float,
-           parallel: int, token: bytes | None, tls_files: tuple | None, line: bytes,
-           as_json: bool, out) -> int:
-    """The client for many servers (greencmd.fleet); returns the exit status."""
+def _fleet(hosts: tuple[str, ...], hosts_file: str | None, groups: tuple[str, ...],
+           port: int, timeout: float, parallel: int, token: bytes | None,
+           tls_files: tuple | None, line: bytes, as_json: bool, gather: bool, out) -> int:
+    """The client for many servers (greencmd.client.fleet); returns the exit status."""
     from ..client import fleet
 
     if not line:
         raise click.UsageError("with more than one server, give the COMMAND on the command "
                                "line (requests from stdin go to one server only)")
     try:
-        found = targets(hosts, hosts_file, port)
+        found = fleet.profiles(targets(hosts, hosts_file, port, groups), tls_files, token,
+                               timeout)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--host/--hosts-file") from None
     if not found:
         raise click.UsageError("no servers: the hosts file names none")
-    return fleet.run(found, line, timeout, parallel, token, tls_files, out, sys.stderr, as_json)
+    return fleet.run(found, line, parallel, out, sys.stderr, as_json, gather)
 
 
 def _client_tls(tls: bool, cafile: str | None, cert: str | None, key: str | None):
@@ -434,8 +450,9 @@ compare.help = compare.help.format(names=textwrap.fill(
 
 
 @cli.command()
-@_host
-@_port
+@click.option("--host", default=protocol.DEFAULT_HOST, show_default=True,
+              help="The server to load.")
+@_server_port
 @click.argument("scenarios", nargs=-1,
                 type=click.Choice(["unknown", "pipeline", "churn", "comhash", "lastlog",
                                    "idle"]))
@@ -452,13 +469,14 @@ compare.help = compare.help.format(names=textwrap.fill(
 @click.option("--idle", default=5000, type=click.IntRange(1), show_default=True,
               help="Idle sessions the idle scenario holds open.")
 @click.option("--server-pid", default=None, type=int,
-              help="The server's PID, to read its memory from /proc (idle scenario).")
+              help="The server's PID: adds its CPU per operation (from /proc) to every "
+                   "scenario, and its memory per session to idle.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(host: str, port: int, scenarios: tuple[str, ...], as_json: bool,
           **options: object) -> None:
     """Load a greencmd server and check every reply; SCENARIOS default to all but idle.
 
-    Exit status 1 if any reply was wrong.
+    Exit status 1 if any reply was wrong, 3 if the server cannot be reached.
     """
     import json
     from types import SimpleNamespace
@@ -471,8 +489,9 @@ def bench(host: str, port: int, scenarios: tuple[str, ...], as_json: bool,
         try:
             results.append(loadgen.run_scenario(name, (host, port), settings))
         except OSError as exc:
-            raise click.ClickException("%s: %s:%d: %s" % (
-                name, host, port, describe_os_error(exc))) from None
+            click.echo("greencmd: %s: cannot reach %s:%d: %s" % (
+                name, host, port, describe_os_error(exc)), err=True)
+            sys.exit(client.UNREACHABLE)
     if as_json:
         click.echo(json.dumps(loadgen.as_json(results), indent=2))
     else:
