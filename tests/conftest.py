@@ -249,7 +249,7 @@ def sample_log(directory: Path) -> Path:
     return path
 
 
-HELP = b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit\n"
+HELP = b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit, quit\n"
 NOT_FOUND = b"Command not found.\n"
 BIG = 1 << 30  # sparse, so it costs no disk, but hashing it takes a while
 

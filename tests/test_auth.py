@@ -9,6 +9,9 @@ import threading
 import pytest
 from conftest import HELP, NOT_FOUND, greencmd_env, read_until, run_greencmd
 
+#: help on a server with a token lists auth too.
+AUTH_HELP = HELP.replace(b"quit\n", b"quit, auth TOKEN\n")
+
 TOKEN = b"s3cret-token-0123456789abcdef"
 AUTHENTICATED = b"Authenticated.\n"
 FAILED = b"Authentication failed.\n"
@@ -28,13 +31,13 @@ def guarded(start_server, tmp_path):
 
 
 def test_the_right_token_first_then_the_session_goes_on(guarded):
-    assert guarded.talk(b"\n  \nauth " + TOKEN + b"\nhelp\n") == AUTHENTICATED + HELP
+    assert guarded.talk(b"\n  \nauth " + TOKEN + b"\nhelp\n") == AUTHENTICATED + AUTH_HELP
 
 
 def test_a_token_line_with_crlf_and_spaces_in_the_file(start_server, tmp_path):
     server = start_server("--auth-token-file",
                           str(token_file(tmp_path, b"  " + TOKEN + b"  \r\nsecond line\n")))
-    assert server.talk(b"auth " + TOKEN + b"\r\nhelp\r\n") == AUTHENTICATED + HELP
+    assert server.talk(b"auth " + TOKEN + b"\r\nhelp\r\n") == AUTHENTICATED + AUTH_HELP
 
 
 @pytest.mark.parametrize("request_line", [
@@ -104,7 +107,7 @@ def test_the_client_sends_the_token_first(guarded, tmp_path):
     path = token_file(tmp_path)
     result = run_greencmd("client", "--port", str(guarded.port), "--token-file", str(path),
                           "help")
-    assert (result.returncode, result.stdout) == (0, HELP)
+    assert (result.returncode, result.stdout) == (0, AUTH_HELP)
     result = run_greencmd("client", "--port", str(guarded.port), "lastlog", "1",
                           env=greencmd_env(GREENCMD_TOKEN=TOKEN.decode()))
     assert result.returncode == 0 and result.stdout.startswith(b"Begin lastlog\n")

@@ -277,3 +277,53 @@ def test_gather_folds_host_names_into_ranges(names, folded):
 def test_gather_and_json_do_not_go_together():
     result = run_greencmd("client", "--gather", "--json", "help")
     assert result.returncode == 2 and b"choose one" in result.stderr
+
+
+def test_progress_shows_on_a_terminal_and_is_cleared_before_the_summary(servers):
+    import os
+    import pty
+
+    (server,) = servers(1)
+    silent = [socket.create_server(("127.0.0.1", 0)) for _ in range(21)]  # never answer
+    args = ["--host", "127.0.0.1:%d" % server.port]
+    for sock in silent:
+        args += ["--host", "127.0.0.1:%d" % sock.getsockname()[1]]
+    main, side = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "greencmd", "client", *args,
+                                 "--timeout", "1.5", "help"], stdout=subprocess.PIPE,
+                                stderr=side, env=greencmd_env())
+        os.close(side)
+        out, _ = proc.communicate(timeout=30)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(main)
+        for sock in silent:
+            sock.close()
+    assert proc.returncode == 3
+    assert b"answered 1 of 22, 0 with errors; waiting longest for 127.0.0.1:" in seen
+    assert seen.rstrip().endswith(b"22 servers: 1 ok, 0 error replies, 21 unreachable")
+    assert b"\r\x1b[K22 servers" in seen  # the line is cleared before the summary
+    assert b"answered" not in out  # never on stdout
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(servers):
+    (server,) = servers(1)
+    silent = [socket.create_server(("127.0.0.1", 0)) for _ in range(21)]
+    args = ["--host", "127.0.0.1:%d" % server.port]
+    for sock in silent:
+        args += ["--host", "127.0.0.1:%d" % sock.getsockname()[1]]
+    try:
+        result = run_greencmd("client", *args, "--timeout", "1", "help")
+    finally:
+        for sock in silent:
+            sock.close()
+    assert result.stderr == b"22 servers: 1 ok, 0 error replies, 21 unreachable\n"

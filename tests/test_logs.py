@@ -159,7 +159,7 @@ def test_start_up_says_how_it_is_protected_and_what_it_serves(start_server, tmp_
     server.wait_for_log(lambda line: "lastlog source: %s (warning: it does not exist"
                         % (tmp_path / "not-yet.log") in line)
     server.wait_for_log(lambda line: line.endswith(
-        "[-] Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit"))
+        "[-] Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit, quit"))
 
 
 def test_start_up_says_auth_is_on(start_server, tmp_path):

@@ -70,7 +70,7 @@ def marked_processes() -> list[str]:
 def test_help_lists_configured_commands_after_the_built_ins(programs):
     server = programs()
     assert server.talk(b"help\n") == (
-        b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit, Hello, "
+        b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit, quit, Hello, "
         b"record WORDS, fail, quietfail, killed, nonl, missing, flood, forever, grandchild\n")
 
 

@@ -123,7 +123,10 @@ def test_error_reply_is_one_line_and_keeps_path_bytes():
 
 def test_help_lists_every_command_the_dispatch_table_has():
     assert protocol.HELP == (b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, "
-                             b"exit\n")
+                             b"exit, quit\n")
+    assert protocol.help_reply(["uptime"], auth=True) == (
+        b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit, quit, "
+        b"auth TOKEN, uptime\n")
     # follow streams and exit hangs up: the session handles those two itself.
     assert set(BUILTINS) | {b"exit", b"follow"} == set(protocol.COMMAND_SYNTAX)
 

@@ -50,7 +50,7 @@ def test_a_follow_with_a_backlog_over_64_kib_still_stops(start_server, tmp_path)
         data = read_until(sock, b"0039 " + b"y" * 4000 + b"\n")
         assert data.startswith(b"Begin follow\n0020 ")
         sock.sendall(b"\nhelp\n")
-        rest = read_until(sock, b"exit\n")
+        rest = read_until(sock, b"quit\n")
     assert rest.startswith(b"End follow\nCommands: ")
     wait_until(lambda: not server.children(), 10, "tail reaped")
 

@@ -57,12 +57,13 @@ class ServerState:
     def from_config(cls, config: ServerConfig, sessions: Collection) -> ServerState:
         """Choose the lastlog source, load plugins, make the executor."""
         catalog = load_catalog(config.commands)
+        help_line = catalog.help(auth=config.auth_token is not None)
         commands = dispatch_table(
             BUILTINS, catalog,
             lambda spec: Command(functools.partial(program, spec), waits=True),
             lambda extra: Command(functools.partial(plugin, extra), waits=True))
         pool = ThreadPoolExecutor(config.hash_threads, thread_name_prefix="greencmd")
-        return cls(config, pool, LastlogSource.choose(config), commands, catalog.help(),
+        return cls(config, pool, LastlogSource.choose(config), commands, help_line,
                    Stats("asyncio", config.max_clients, catalog.names(), sessions))
 
     async def in_thread(self, function: Callable, *args: object) -> object:

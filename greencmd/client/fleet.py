@@ -199,11 +199,19 @@ def run(found: dict[Target, Profile], line: bytes, parallel: int, out: BinaryIO,
     handlers = [gevent.signal_handler(signum, stop.set)
                 for signum in (signal.SIGINT, signal.SIGTERM)] if follow else []
 
+    waiting: dict[Target, float] = {}  # asked, not answered yet: since when
+
     def ask_one(target: Target) -> Outcome:
         on_line = _line_printer(out, target.label) if follow and not as_json else None
-        return ask(target, line, found[target], on_line, stop if follow else None)
+        waiting[target] = time.monotonic()
+        try:
+            return ask(target, line, found[target], on_line, stop if follow else None)
+        finally:
+            del waiting[target]
 
-    outcomes = []
+    outcomes: list[Outcome] = []
+    show = not follow and len(found) > GLANCE and _is_terminal(err)
+    progress = gevent.spawn(_show_progress, err, len(found), outcomes, waiting) if show else None
     try:
         pool = Pool(len(found) if follow else parallel)
         for outcome in pool.imap_unordered(ask_one, found):
@@ -213,12 +221,42 @@ def run(found: dict[Target, Profile], line: bytes, parallel: int, out: BinaryIO,
     finally:
         for handler in handlers:
             handler.cancel()
+        if progress is not None:
+            progress.kill()
+            err.write("\r\x1b[K")  # the progress line goes before the summary comes
     if gather:
         print_gathered(outcomes, out)
     _summary(outcomes, err)
     if any(o.exit == UNREACHABLE for o in outcomes):
         return UNREACHABLE
     return FAILED if any(o.exit == FAILED for o in outcomes) else OK
+
+
+#: More servers than one glance takes in: then a terminal gets a progress line.
+GLANCE = 20
+PROGRESS_EVERY = 0.2
+
+
+def _is_terminal(err: TextIO) -> bool:
+    try:
+        return err.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _show_progress(err: TextIO, total: int, outcomes: list[Outcome],
+                   waiting: dict[Target, float]) -> None:
+    """Rewrite one line of ``err``: answered of total, errors so far, the longest wait."""
+    while True:
+        gevent.sleep(PROGRESS_EVERY)
+        failed = sum(o.exit != OK for o in outcomes)
+        text = "answered %d of %d, %d with errors" % (len(outcomes), total, failed)
+        if waiting:
+            target, since = min(waiting.items(), key=lambda item: item[1])
+            text += "; waiting longest for %s (%.1f s)" % (target.label,
+                                                          time.monotonic() - since)
+        err.write("\r" + text + "\x1b[K")
+        err.flush()
 
 
 def _line_printer(out: BinaryIO, label: str):

@@ -26,10 +26,11 @@ class Catalog(NamedTuple):
     programs: tuple[ProgramCommand, ...]
     plugins: list[PluginCommand]
 
-    def help(self) -> bytes:
-        """The ``help`` line: built-ins, configured commands (their help), plugins (names)."""
+    def help(self, auth: bool = False) -> bytes:
+        """The ``help`` line: built-ins (``auth`` too when the server has a token),
+        configured commands (their help), plugins (names)."""
         return protocol.help_reply([*(spec.syntax for spec in self.programs),
-                                    *(extra.name for extra in self.plugins)])
+                                    *(extra.name for extra in self.plugins)], auth)
 
     def names(self) -> dict[bytes, str]:
         """Every command word that ``stats`` counts, with its name."""

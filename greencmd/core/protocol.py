@@ -46,9 +46,11 @@ EXIT_WORDS = frozenset({b"exit", b"quit"})
 BUILTIN_WORDS = frozenset(COMMAND_SYNTAX) | EXIT_WORDS | {b"auth"}
 
 
-def help_reply(extra: list[str] | tuple[str, ...] = ()) -> bytes:
-    """The ``help`` line: the built-ins, then ``extra`` (configured and plugin commands)."""
-    return ("Commands: " + ", ".join([*COMMAND_SYNTAX.values(), *extra]) + "\n").encode()
+def help_reply(extra: list[str] | tuple[str, ...] = (), auth: bool = False) -> bytes:
+    """The ``help`` line: the built-ins, ``quit``, ``auth TOKEN`` when the server has a
+    token, then ``extra`` (configured and plugin commands)."""
+    words = [*COMMAND_SYNTAX.values(), "quit", *(["auth TOKEN"] if auth else []), *extra]
+    return ("Commands: " + ", ".join(words) + "\n").encode()
 
 
 HELP = help_reply()

@@ -62,12 +62,13 @@ class ServerState:
         ``sessions``: the server's set of open sessions, which ``stats`` reads.
         """
         catalog = load_catalog(config.commands)
+        help_line = catalog.help(auth=config.auth_token is not None)
         commands = dispatch_table(
             BUILTINS, catalog,
             lambda spec: Command(functools.partial(program, spec), waits=True),
             lambda extra: Command(functools.partial(plugin, extra), waits=True))
         return cls(config, ThreadPool(config.hash_threads), LastlogSource.choose(config),
-                   commands, catalog.help(),
+                   commands, help_line,
                    Stats("gevent", config.max_clients, catalog.names(), sessions))
 
 

@@ -51,9 +51,10 @@ class ServerState:
     def from_config(cls, config: ServerConfig, sessions: Collection) -> ServerState:
         """Choose the lastlog source and load plugins; ``stats`` reads ``sessions``."""
         catalog = load_catalog(config.commands)
+        help_line = catalog.help(auth=config.auth_token is not None)
         commands = dispatch_table(BUILTINS, catalog, lambda spec: functools.partial(program, spec),
                                   lambda extra: functools.partial(plugin, extra))
-        return cls(config, LastlogSource.choose(config), commands, catalog.help(),
+        return cls(config, LastlogSource.choose(config), commands, help_line,
                    Stats("twisted", config.max_clients, catalog.names(), sessions))
 
 
