@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
-from conftest import read_until
+from conftest import read_until, run_greencmd
 
 from greencmd import __version__
 
@@ -72,3 +73,17 @@ def test_stats_of_each_worker_are_its_own(tmp_path):
         assert pids <= set(server.children())  # a worker answers, not the supervisor
     finally:
         assert server.stop() == 0
+
+
+def test_client_stats_json_gives_the_figures_as_an_object(server):
+    result = run_greencmd("client", "--port", str(server.port), "--json", "stats")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    figures = record["stats"]
+    assert figures["engine"] in ("gevent", "twisted", "asyncio")
+    assert figures["pid"] == server.proc.pid and isinstance(figures["uptime_seconds"], float)
+    assert figures["sessions_open"] == 1 and figures["version"] == __version__
+    assert record["reply"].startswith("Begin stats\n")
+    help_only = json.loads(run_greencmd("client", "--port", str(server.port), "--json",
+                                        "help").stdout)
+    assert "stats" not in help_only

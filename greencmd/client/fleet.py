@@ -27,6 +27,7 @@ from gevent.pool import Pool
 from ..core import protocol
 from ..core.auth import read_token_file
 from ..core.errors import describe_os_error, duration
+from ..core.stats import parse_reply
 from ..core.tls import (
     PLAIN_HINT,
     REFUSED_CERT_HINT,
@@ -271,6 +272,9 @@ def _report(outcome: Outcome, out: BinaryIO, streamed: bool, as_json: bool) -> N
         record = {"host": target.host, "port": target.port, "exit": outcome.exit,
                   "reply": outcome.reply.decode("utf-8", "backslashreplace"),
                   "error": outcome.error, "seconds": outcome.seconds}
+        figures = parse_reply(outcome.reply)
+        if figures is not None:  # stats: the figures as an object too (as HAProxy's json)
+            record["stats"] = figures
         out.write(json.dumps(record).encode() + b"\n")
     else:
         if not streamed:

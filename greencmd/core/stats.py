@@ -15,7 +15,7 @@ from collections.abc import Collection
 from .. import __version__
 from . import protocol
 
-__all__ = ["Stats"]
+__all__ = ["Stats", "parse_reply"]
 
 
 class Stats:
@@ -65,3 +65,23 @@ class Stats:
         figures += [(self.names[word], count) for word, count in self.commands.items() if count]
         body = "".join("%s %s\n" % figure for figure in figures)
         return protocol.STATS_BEGIN + body.encode() + protocol.STATS_END
+
+
+def parse_reply(reply: bytes) -> dict[str, int | float | str] | None:
+    """The figures of a ``stats`` reply, as numbers where they are; None if it is not one."""
+    lines = reply.decode("utf-8", "replace").splitlines()
+    if lines[:1] != [protocol.STATS_BEGIN.decode().strip()] or \
+            lines[-1:] != [protocol.STATS_END.decode().strip()]:
+        return None
+    figures: dict[str, int | float | str] = {}
+    for line in lines[1:-1]:
+        name, _, value = line.partition(" ")
+        for kind in (int, float):
+            try:
+                figures[name] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            figures[name] = value
+    return figures
