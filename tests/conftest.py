@@ -29,7 +29,8 @@ def pytest_generate_tests(metafunc):
     if "engine" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("engines")
         metafunc.parametrize("engine", marker.args if marker else ENGINES)
-STARTING = re.compile(r"starting on (?:unix:(?P<unix>\S+)|(?P<host>\S+):(?P<port>\d+))$")
+STARTING = re.compile(r"starting on (?:unix:(?P<unix>[^\s\"]+)|(?P<host>[^\s\"]+):(?P<port>\d+))"
+                      r"(?:\"\})?$")  # a text line, or a JSON one (--log-format json)
 
 
 def greencmd_env(**extra: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import HELP, Server, greencmd_env, read_all, run_greencmd, wait_until
+from conftest import HELP, Server, greencmd_env, read_all, read_until, run_greencmd, wait_until
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] \S.*$")
 
@@ -169,3 +169,45 @@ def test_start_up_says_auth_is_on(start_server, tmp_path):
     server = start_server("--auth-token-file", str(token))
     server.wait_for_log(lambda line: line.endswith(
         "[-] TLS off; auth on (each session must send auth TOKEN first)"))
+
+
+def test_json_logs_are_one_object_per_line_for_every_kind_of_event(start_server, tmp_path):
+    import json
+    import socket
+    import struct
+
+    token = tmp_path / "token"
+    token.write_text("t" * 32 + "\n")
+    token.chmod(0o600)
+    log_file = tmp_path / "json.log"
+    server = start_server("--log-format", "json", "--log-file", str(log_file),
+                          "--max-clients", "1", "--max-line", "60", "--idle-timeout", "1",
+                          "--auth-token-file", str(token))
+    with server.connect() as sock:  # holds the one slot: the next one is refused
+        sock.sendall(b"auth " + b"t" * 32 + b"\nhelp\n")
+        read_until(sock, b"auth TOKEN\n")
+        assert server.talk(b"help\n").startswith(b"Too many")
+        sock.sendall(b"x" * 80 + b"\n")  # too long: that session ends
+        sock.recv(4096)
+    reset = server.connect()
+    reset.sendall(b"auth " + b"t" * 32 + b"\n")
+    server.wait_for_count('"event": "request"', 3)
+    reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reset.close()
+    server.wait_for_count('"event": "session_end"', 3)
+    with server.connect():  # says nothing: idle timeout
+        server.wait_for_log(lambda line: "Idle timeout." in line)
+    assert server.stop() == 0
+    records = [json.loads(line) for line in server.lines]  # every line parses
+    assert records == [json.loads(line) for line in log_file.read_text().splitlines()]
+    events = {record["event"] for record in records}
+    assert {"server", "connect", "request", "session_end"} <= events
+    for record in records:
+        assert record["level"] in ("info", "warning", "error") and record["time"][:2] == "20"
+        if record["system"].startswith("CmdSession,"):
+            assert isinstance(record["session"], int) and record["peer"] == "127.0.0.1"
+    requests = [r["request"] for r in records if r["event"] == "request"]
+    assert "auth ********" in requests and all("t" * 32 not in r for r in requests)
+    reasons = {r["reason"] for r in records if r["event"] == "session_end"}
+    assert {"Refused: too many connections.", "Line too long.", "Connection was reset by peer.",
+            "Idle timeout."} <= reasons

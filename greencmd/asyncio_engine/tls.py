@@ -42,6 +42,6 @@ async def tls_handshake(context: ssl.SSLContext, writer: asyncio.StreamWriter,
     except (ssl.SSLError, OSError) as exc:
         why = server_handshake_failure(describe_tls_error(exc)
                                        or "the client closed the connection")
-    log("TLS handshake failed: %s" % why, system)
+    log("TLS handshake failed: %s" % why, system, "tls_failed", "warning", reason=why)
     writer.transport.abort()
     return False

@@ -37,8 +37,9 @@ def internal_error(word: bytes, exc: BaseException, system: str) -> bytes:
     The session goes on: a bug in one command (ours or a plugin's) must cost
     one request, never the session's other replies.
     """
-    log("Command %s failed unexpectedly: %s" % (protocol.printable(word),
-                                               type(exc).__name__), system)
+    name = protocol.printable(word)
+    log("Command %s failed unexpectedly: %s" % (name, type(exc).__name__), system,
+        "command_failed", "error", command=name, error=type(exc).__name__)
     return protocol.error("internal error")
 
 

@@ -8,6 +8,7 @@ appended to a file that rotates by size and that SIGHUP reopens (for logrotate).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -21,11 +22,12 @@ from .protocol import printable
 __all__ = ["LOGGER_NAME", "TwistedFormatter", "LogFileHandler", "default_log_file",
            "setup_logging", "log", "reopen_log_files", "session_name", "log_connection",
            "log_lost", "log_request", "install_flush_timer", "flush_logs", "AcceptFailureLog",
-           "RateLimit"]
+           "RateLimit", "use_json_lines", "json_line"]
 
 LOGGER_NAME = "greencmd"
 LIFECYCLE = "-"
 LISTENER = "CommandServer"
+SESSION = "CmdSession"
 
 # Why a session ended, as "Lost client connection. Reason: ..." says it.
 CLEAN = "Connection was closed cleanly."
@@ -235,8 +237,10 @@ def reopen_log_files() -> None:
     log("Log file reopened.")
 
 
-def log(message: str, system: str = LIFECYCLE) -> None:
-    """Log one line as ``system``.
+def log(message: str, system: str = LIFECYCLE, event: str = "server", level: str = "info",
+        **fields: object) -> None:
+    """Log one line as ``system``: ``message`` in the text format; with ``--log-format
+    json``, an object of ``event``, ``level``, ``fields`` and the message.
 
     Our own handlers get the formatted line written straight into their buffer:
     a LogRecord per line (and the caller lookup Logger.info() does) costs more
@@ -249,7 +253,9 @@ def log(message: str, system: str = LIFECYCLE) -> None:
     for handler in _logger.handlers:
         if isinstance(handler, BufferedStreamHandler):
             if line is None:
-                line = _formatter.line(time.time(), system, message) + "\n"
+                now = time.time()
+                line = (json_line(now, system, message, event, level, fields)
+                        if _json_lines else _formatter.line(now, system, message)) + "\n"
             handler.write_line(line)
         else:
             if record is None:
@@ -288,24 +294,52 @@ class AcceptFailureLog:
     def say(self, reason: str) -> None:
         """Log that accepting failed for ``reason``, unless it was said less than a second ago."""
         if self.limit.allow():
-            log("Cannot accept connections: %s; open sessions go on" % reason)
+            log("Cannot accept connections: %s; open sessions go on" % reason,
+                event="accept_failed", level="error", reason=reason)
 
 
 def session_name(number: int, host: str) -> str:
     """The ``[system]`` of session ``number``: ``CmdSession,N,HOST``."""
-    return "CmdSession,%d,%s" % (number, host)
+    return "%s,%d,%s" % (SESSION, number, host)
+
+
+def json_line(created: float, system: str, message: str, event: str, level: str,
+              fields: dict) -> str:
+    """One JSON object: time, level, session and peer (for a session's lines), event,
+    the fields of the event, and the message as the text format says it."""
+    record: dict[str, object] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(created))
+        + ".%03d" % (created % 1 * 1000) + time.strftime("%z", time.localtime(created)),
+        "level": level, "system": system}
+    if system.startswith(SESSION + ","):
+        _, number, peer = system.split(",", 2)
+        record.update(session=int(number), peer=peer)
+    record["event"] = event
+    record.update(fields)
+    record["message"] = message
+    return json.dumps(record, ensure_ascii=False)
+
+
+_json_lines = False
+
+
+def use_json_lines(on: bool) -> None:
+    """Write JSON objects instead of Twisted-style lines (``--log-format json``)."""
+    global _json_lines
+    _json_lines = on
 
 
 def log_connection(host: str) -> None:
     """Log an accepted connection (refused ones included)."""
-    log("Client connection from %s" % host, LISTENER)
+    log("Client connection from %s" % host, LISTENER, "connect", peer=host)
 
 
 def log_lost(reason: str, system: str) -> None:
     """Log the end of a session and why."""
-    log("Lost client connection. Reason: %s" % reason, system)
+    log("Lost client connection. Reason: %s" % reason, system, "session_end", reason=reason)
 
 
 def log_request(host: str, line: bytes, system: str) -> None:
     """Log a request line, escaped for a terminal."""
-    log("Cmd received from %s : %s" % (host, printable(line)), system)
+    text = printable(line)  # the caller passes auth's line with the token hidden
+    log("Cmd received from %s : %s" % (host, text), system, "request", request=text)

@@ -64,7 +64,8 @@ class PluginCommand:
         """
         why = describe_exception(exc)
         log("Command %s (%s) failed: %s: %s" % (self.name, self.origin, type(exc).__name__,
-                                                 why), system)
+                                                 why), system, "command_failed", "error",
+            command=self.name, error=type(exc).__name__)
         if _tracebacks.allow(self.name):
             for line in format_trace().rstrip("\n").split("\n"):
                 log("\t" + line, system)

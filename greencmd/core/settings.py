@@ -46,6 +46,7 @@ class ServerConfig:
     log_max_size: int = 10 << 20
     log_keep: int = 3
     quiet: bool = False
+    log_format: str = "text"  # or "json"
     #: Commands from the ``--config`` file (``core.programs.ProgramCommand``).
     commands: tuple = ()
     #: A Unix socket to listen on instead of TCP, and its file mode.

@@ -50,5 +50,5 @@ def tls_handshake(context: ssl.SSLContext, sock: socket.socket,
         why = server_handshake_failure(describe_tls_error(exc)
                                        or "the client closed the connection")
     tls_sock.close()
-    log("TLS handshake failed: %s" % why, system)
+    log("TLS handshake failed: %s" % why, system, "tls_failed", "warning", reason=why)
     return None

@@ -130,6 +130,9 @@ def cli() -> None:
               "0 never rotates (leave it to logrotate and SIGHUP).")
 @_option("--log-keep", default=3, type=click.IntRange(1),
          help="Old log files kept by rotation: server.log.1 (the newest) and up.")
+@_option("--log-format", default="text", type=click.Choice(["text", "json"]),
+         help="text: Twisted-style lines; json: one JSON object per line (time, level, "
+              "session, peer, event, request, reason), to the same places.")
 @_option("--quiet", is_flag=True, default=False,
          help="Log only connections, errors and lifecycle, not every command.")
 @_option("--engine", type=click.Choice(["gevent", "twisted", "asyncio"]), default="gevent",
@@ -197,6 +200,7 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
     max_bytes = config.log_max_size if workers == 1 else 0
     try:
         logs.setup_logging(config.log_file, max_bytes=max_bytes, keep=config.log_keep)
+        logs.use_json_lines(config.log_format == "json")
     except OSError as exc:
         raise click.BadParameter("cannot open %s: %s" % (config.log_file, exc.strerror),
                                  param_hint="--log-file") from None
@@ -204,7 +208,7 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
     if (token is not None and not config.unix and not config.tls_cert
             and not is_loopback(config.host)):
         logs.log("Warning: serving %s with a token but without TLS: the token crosses the "
-                 "network in clear text" % config.host)
+                 "network in clear text" % config.host, level="warning")
     if workers > 1 and config.log_file and config.log_max_size:
         logs.log("Log rotation by size is off with --workers; rotate with logrotate and "
                  "SIGHUP")

@@ -144,7 +144,7 @@ class CommandSession(LineReceiver, TimeoutMixin):
             if self.handshake_timer.active():
                 self.handshake_timer.cancel()
             log(self.reason or "TLS handshake failed: %s" % server_handshake_failure(
-                describe_openssl_error(reason.value)), self.system)
+                describe_openssl_error(reason.value)), self.system, "tls_failed", "warning")
         else:
             self.paused = self.hanging_up = True  # nothing more is sent
             if self.running is not None:
