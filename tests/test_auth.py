@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
+import time
 
 import pytest
-from conftest import HELP, NOT_FOUND, greencmd_env, read_until, run_greencmd
+from conftest import HELP, NOT_FOUND, greencmd_env, read_until, run_greencmd, wait_until
 
 #: help on a server with a token lists auth too.
 AUTH_HELP = HELP.replace(b"quit\n", b"quit, auth TOKEN\n")
@@ -205,3 +207,40 @@ def test_a_session_that_spoke_http_is_not_counted_as_a_command(server):
     server.talk(b"GET / HTTP/1.1\r\n")
     stats = server.talk(b"stats\n")
     assert b"\ncommands_served 0\n" in stats
+
+
+def test_the_audit_log_records_who_asked_what_and_never_a_token(start_server, tmp_path):
+    path = token_file(tmp_path)
+    audit = tmp_path / "audit.jsonl"
+    server = start_server("--auth-token-file", str(path), "--audit-log", str(audit))
+    assert server.talk(b"auth " + TOKEN + b"\nhelp\nnope\ncomhash /no/such\n").startswith(
+        AUTHENTICATED)
+    assert server.talk(b"auth wrong-token-of-some-length\n") == b"Authentication failed.\n"
+    wait_until(lambda: audit.exists() and audit.read_text().count("\n") == 5, 10, "5 lines")
+    assert audit.stat().st_mode & 0o777 == 0o600
+    text = audit.read_text()
+    assert TOKEN.decode() not in text and "wrong-token" not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [(e["command"], e["reply"]) for e in lines] == [
+        ("auth", "ok"), ("help", "ok"), ("nope", "error"), ("comhash", "error"),
+        ("auth", "refused")]
+    assert "arg_bytes" not in lines[0] and "arg_bytes" not in lines[4]
+    assert lines[3]["arg_bytes"] == len(b"/no/such") and lines[1]["arg_bytes"] == 0
+    assert all(e["peer"] == "127.0.0.1" and e["seconds"] >= 0 for e in lines)
+    assert [e["session"] for e in lines] == [0, 0, 0, 0, 1]
+
+
+def test_a_full_disk_under_the_audit_log_is_one_log_line_not_failed_sessions(start_server):
+    server = start_server("--audit-log", "/dev/full")
+    for _ in range(3):
+        assert server.talk(b"help\nhelp\n") == HELP * 2
+    assert server.count_log("requests are not being recorded") == 1
+
+
+def test_failed_auth_is_logged_once_a_second_per_address_then_counted(guarded):
+    for _ in range(6):
+        assert guarded.talk(b"auth nope\n") == b"Authentication failed.\n"
+    assert guarded.count_log("Reason: Authentication failed.") <= 2  # once a second at most
+    time.sleep(1.1)
+    guarded.talk(b"auth nope\n")
+    guarded.wait_for_log(lambda line: "more failed from 127.0.0.1" in line)

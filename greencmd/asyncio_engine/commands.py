@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..core import logtail, protocol
+from ..core.audit import AuditLog
 from ..core.catalog import dispatch_table, load_catalog
 from ..core.errors import describe_os_error
 from ..core.hashing import hash_file
@@ -52,6 +53,7 @@ class ServerState:
     commands: dict[bytes, Command]
     help: bytes
     stats: Stats
+    audit: AuditLog | None = None
 
     @classmethod
     def from_config(cls, config: ServerConfig, sessions: Collection) -> ServerState:
@@ -64,7 +66,8 @@ class ServerState:
             lambda extra: Command(functools.partial(plugin, extra), waits=True))
         pool = ThreadPoolExecutor(config.hash_threads, thread_name_prefix="greencmd")
         return cls(config, pool, LastlogSource.choose(config), commands, help_line,
-                   Stats("asyncio", config.max_clients, catalog.names(), sessions))
+                   Stats("asyncio", config.max_clients, catalog.names(), sessions),
+                   AuditLog(config.audit_log) if config.audit_log else None)
 
     async def in_thread(self, function: Callable, *args: object) -> object:
         """``function(*args)`` on a thread of the executor."""

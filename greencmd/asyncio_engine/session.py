@@ -12,6 +12,7 @@ cancels the command. Compare ``gevent_engine/session.py``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 
 from ..core import auth, protocol
@@ -82,8 +83,7 @@ class Session:
     async def serve(self) -> str:
         """Answer request after request; the log's reason once the client is done."""
         conn, served = self.conn, self.state.stats.served
-        token = self.config.auth_token
-        authenticated = token is None
+        authenticated = self.config.auth_token is None
         while not self.closing.is_set():
             line = await conn.read_line()
             if line is None:
@@ -98,13 +98,30 @@ class Session:
                 log_request(self.host, protocol.loggable(request, line), self.system)
             if request.word in protocol.EXIT_WORDS:
                 return CLEAN
+            started = time.monotonic()
             if request.word == b"auth" or not authenticated:
-                conn.write(auth.reply_to(request, token))
+                reply = self.authenticate(request, started)
                 authenticated = True
             else:
-                conn.write(await self.run_command(request))
+                reply = await self.run_command(request)
+            conn.write(reply)
             served(request.word)
+            self.audit(request, reply, started)
         raise asyncio.CancelledError()  # shutdown began: say bye as for a cancel
+
+    def authenticate(self, request: protocol.Request, started: float) -> bytes:
+        """The reply to ``auth`` (or to any request before it); a refusal is audited,
+        then ends the session (NotAuthenticated)."""
+        try:
+            return auth.reply_to(request, self.config.auth_token)
+        except auth.NotAuthenticated as refused:
+            self.audit(request, refused.goodbye, started)
+            raise
+
+    def audit(self, request: protocol.Request, reply: bytes, started: float) -> None:
+        """One line in the ``--audit-log``, if there is one."""
+        if self.state.audit is not None:
+            self.state.audit.record(self.system, request, reply, started)
 
     async def run_command(self, request: protocol.Request) -> bytes:
         """The reply to ``request``; a reset while a command waits raises ClientGone."""

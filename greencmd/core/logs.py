@@ -335,8 +335,30 @@ def log_connection(host: str) -> None:
 
 
 def log_lost(reason: str, system: str) -> None:
-    """Log the end of a session and why."""
-    log("Lost client connection. Reason: %s" % reason, system, "session_end", reason=reason)
+    """Log the end of a session and why.
+
+    A failed ``auth`` is logged at most once a second per client address (anyone
+    who can connect could otherwise fill the disk guessing); the next line that
+    is logged says how many were left out.
+    """
+    message = "Lost client connection. Reason: %s" % reason
+    fields: dict[str, object] = {"reason": reason}
+    if reason == AUTH_FAILED:
+        peer = system.rsplit(",", 1)[-1]
+        if not _auth_failures.allow(peer):
+            if len(_auth_failures_unlogged) > 10000:  # addresses come from clients: bounded
+                _auth_failures_unlogged.clear()
+            _auth_failures_unlogged[peer] = _auth_failures_unlogged.get(peer, 0) + 1
+            return
+        unlogged = _auth_failures_unlogged.pop(peer, 0)
+        if unlogged:
+            message += " (%d more failed from %s since the last such line)" % (unlogged, peer)
+            fields["unlogged"] = unlogged
+    log(message, system, "session_end", **fields)
+
+
+_auth_failures = RateLimit(1.0)
+_auth_failures_unlogged: dict[str, int] = {}
 
 
 def log_request(host: str, line: bytes, system: str) -> None:

@@ -19,6 +19,7 @@ import gevent
 from gevent.threadpool import ThreadPool
 
 from ..core import logtail, protocol
+from ..core.audit import AuditLog
 from ..core.catalog import dispatch_table, load_catalog
 from ..core.errors import describe_os_error
 from ..core.hashing import hash_file
@@ -54,6 +55,7 @@ class ServerState:
     commands: dict[bytes, Command]
     help: bytes
     stats: Stats
+    audit: AuditLog | None = None
 
     @classmethod
     def from_config(cls, config: ServerConfig, sessions: Collection) -> ServerState:
@@ -69,7 +71,8 @@ class ServerState:
             lambda extra: Command(functools.partial(plugin, extra), waits=True))
         return cls(config, ThreadPool(config.hash_threads), LastlogSource.choose(config),
                    commands, help_line,
-                   Stats("gevent", config.max_clients, catalog.names(), sessions))
+                   Stats("gevent", config.max_clients, catalog.names(), sessions),
+                   AuditLog(config.audit_log) if config.audit_log else None)
 
 
 def lastlog(state: ServerState, arg: bytes, system: str) -> bytes:

@@ -17,6 +17,7 @@ clean up (``lastlog`` kills and reaps its ``tail``).
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -112,8 +113,7 @@ class Session:
     def serve(self) -> str:
         """Answer request after request; the log's reason once the client is done."""
         conn, served = self.conn, self.state.stats.served
-        token = self.config.auth_token
-        authenticated = token is None
+        authenticated = self.config.auth_token is None
         while not self.closing.is_set():
             line = conn.read_line()
             if line is None:
@@ -128,13 +128,30 @@ class Session:
                 log_request(self.host, protocol.loggable(request, line), self.system)
             if request.word in protocol.EXIT_WORDS:
                 return CLEAN
+            started = time.monotonic()
             if request.word == b"auth" or not authenticated:
-                conn.write(auth.reply_to(request, token))
+                reply = self.authenticate(request, started)
                 authenticated = True
             else:
-                conn.write(self.run_command(request))
+                reply = self.run_command(request)
+            conn.write(reply)
             served(request.word)
+            self.audit(request, reply, started)
         raise ShuttingDown()
+
+    def authenticate(self, request: protocol.Request, started: float) -> bytes:
+        """The reply to ``auth`` (or to any request before it); a refusal is audited,
+        then ends the session (NotAuthenticated)."""
+        try:
+            return auth.reply_to(request, self.config.auth_token)
+        except auth.NotAuthenticated as refused:
+            self.audit(request, refused.goodbye, started)
+            raise
+
+    def audit(self, request: protocol.Request, reply: bytes, started: float) -> None:
+        """One line in the ``--audit-log``, if there is one."""
+        if self.state.audit is not None:
+            self.state.audit.record(self.system, request, reply, started)
 
     def run_command(self, request: protocol.Request) -> bytes:
         """The reply to ``request``; a reset while a command waits raises ClientGone."""

@@ -133,6 +133,9 @@ def cli() -> None:
 @_option("--log-format", default="text", type=click.Choice(["text", "json"]),
          help="text: Twisted-style lines; json: one JSON object per line (time, level, "
               "session, peer, event, request, reason), to the same places.")
+@_option("--audit-log", default=None, type=click.Path(dir_okay=False), show_default="none",
+         help="Append one JSON line per request to this file (time, peer, session, command, "
+              "the argument's length, ok/error/refused, seconds); created mode 600.")
 @_option("--quiet", is_flag=True, default=False,
          help="Log only connections, errors and lifecycle, not every command.")
 @_option("--engine", type=click.Choice(["gevent", "twisted", "asyncio"]), default="gevent",
@@ -204,6 +207,8 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
     except OSError as exc:
         raise click.BadParameter("cannot open %s: %s" % (config.log_file, exc.strerror),
                                  param_hint="--log-file") from None
+    if config.audit_log:
+        _check_appendable(config.audit_log, "--audit-log")
     logs.log("Log opened.")
     if (token is not None and not config.unix and not config.tls_cert
             and not is_loopback(config.host)):
@@ -217,6 +222,15 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
     except BindError as exc:
         click.echo("greencmd: %s" % exc, err=True)
         sys.exit(EXIT_CANNOT_BIND)
+
+
+def _check_appendable(path: str, option: str) -> None:
+    """Exit 2 with one sentence unless ``path`` can be opened for appending."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise click.BadParameter("cannot open %s: %s" % (path, describe_os_error(exc)),
+                                 param_hint=option) from None
 
 
 def _check_tls(cert: str | None, key: str | None, client_ca: str | None) -> None:

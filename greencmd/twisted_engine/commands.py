@@ -19,6 +19,7 @@ from twisted.internet import defer, reactor, threads
 from twisted.python.failure import Failure
 
 from ..core import logtail, protocol
+from ..core.audit import AuditLog
 from ..core.catalog import dispatch_table, load_catalog
 from ..core.errors import describe_os_error
 from ..core.hashing import hash_file
@@ -46,6 +47,7 @@ class ServerState:
     commands: dict[bytes, Callable[[ServerState, bytes, str], Reply]]
     help: bytes
     stats: Stats
+    audit: AuditLog | None = None
 
     @classmethod
     def from_config(cls, config: ServerConfig, sessions: Collection) -> ServerState:
@@ -55,7 +57,8 @@ class ServerState:
         commands = dispatch_table(BUILTINS, catalog, lambda spec: functools.partial(program, spec),
                                   lambda extra: functools.partial(plugin, extra))
         return cls(config, LastlogSource.choose(config), commands, help_line,
-                   Stats("twisted", config.max_clients, catalog.names(), sessions))
+                   Stats("twisted", config.max_clients, catalog.names(), sessions),
+                   AuditLog(config.audit_log) if config.audit_log else None)
 
 
 def lastlog(state: ServerState, arg: bytes, system: str) -> Reply:

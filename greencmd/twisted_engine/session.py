@@ -11,6 +11,8 @@ when the connection is lost, which is what shutdown waits for. Compare
 
 from __future__ import annotations
 
+import time
+
 from twisted.internet import defer, error, reactor
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import ServerFactory
@@ -98,6 +100,7 @@ class CommandSession(LineReceiver, TimeoutMixin):
         self.dropped = 0
         self.authenticated = config.auth_token is None
         self.first_bytes_checked = False
+        self.follow_request: tuple[protocol.Request, float] | None = None
         self.handshake_timer = None
         self.replies = ReplyBackpressure(self)
         #: Fires when the connection is lost, however it ends.
@@ -244,36 +247,44 @@ class CommandSession(LineReceiver, TimeoutMixin):
             log_request(self.host, protocol.loggable(request, line), self.system)
         if request.word in protocol.EXIT_WORDS:
             return self.hang_up(CLEAN)
+        started = time.monotonic()
         if request.word == b"auth" or not self.authenticated:
-            return self.authenticate(request)
+            return self.authenticate(request, started)
         if request.word == b"follow":
-            return self.start_follow(request.arg)
+            return self.start_follow(request, started)
         command = self.state.commands.get(request.word)
         if command is None:
-            return self.answer(protocol.COMMAND_NOT_FOUND, request.word)
+            return self.answer(protocol.COMMAND_NOT_FOUND, request, started)
         try:
             reply = command(self.state, request.arg, self.system)
         except Exception as exc:  # a bug of ours or a plugin's: the session goes on
             reply = internal_error(request.word, exc, self.system)
         if isinstance(reply, defer.Deferred):
-            self.wait_for(reply, request.word)
+            self.wait_for(reply, request, started)
         else:
-            self.answer(reply, request.word)
+            self.answer(reply, request, started)
 
-    def answer(self, reply: bytes, word: bytes) -> None:
-        """Write a reply and count it."""
+    def answer(self, reply: bytes, request: protocol.Request, started: float) -> None:
+        """Write a reply, count it, audit it."""
         self.transport.write(reply)
-        self.state.stats.served(word)
+        self.state.stats.served(request.word)
+        self.audit(request, reply, started)
 
-    def authenticate(self, request: protocol.Request) -> None:
+    def audit(self, request: protocol.Request, reply: bytes, started: float) -> None:
+        """One line in the ``--audit-log``, if there is one."""
+        if self.state.audit is not None:
+            self.state.audit.record(self.system, request, reply, started)
+
+    def authenticate(self, request: protocol.Request, started: float) -> None:
         """``auth TOKEN``, or any request before it: the reply, or the end of the session."""
         try:
             reply = auth.reply_to(request, self.config.auth_token)
         except auth.NotAuthenticated as refused:
+            self.audit(request, refused.goodbye, started)
             self.transport.write(refused.goodbye)
             return self.hang_up(refused.reason)
         self.authenticated = True
-        self.answer(reply, request.word)
+        self.answer(reply, request, started)
 
     def drop(self, reason: str) -> None:
         """End the session at once, without a word (another protocol on the port)."""
@@ -287,12 +298,13 @@ class CommandSession(LineReceiver, TimeoutMixin):
 
     # -- one command at a time ------------------------------------------------
 
-    def wait_for(self, reply: defer.Deferred, word: bytes) -> None:
+    def wait_for(self, reply: defer.Deferred, request: protocol.Request,
+                 started: float) -> None:
         """Take no more lines until ``reply`` is written: replies stay in order."""
         self.running = reply
         self.hold()
-        reply.addErrback(self.command_failed, word)
-        reply.addCallback(self.deliver, word)
+        reply.addErrback(self.command_failed, request.word)
+        reply.addCallback(self.deliver, request, started)
 
     def command_failed(self, failure, word: bytes) -> bytes | None:
         """Errback: cancelled (client gone, shutdown) -> nothing; a bug -> an error line."""
@@ -300,12 +312,12 @@ class CommandSession(LineReceiver, TimeoutMixin):
             return None
         return internal_error(word, failure.value, self.system)
 
-    def deliver(self, reply: bytes | None, word: bytes) -> None:
+    def deliver(self, reply: bytes | None, request: protocol.Request, started: float) -> None:
         """Callback: write the reply, then take the next line."""
         self.running = None
         if reply is None or self.hanging_up:
             return
-        self.answer(reply, word)
+        self.answer(reply, request, started)
         self.go_on()
 
     def hold(self) -> None:
@@ -329,29 +341,30 @@ class CommandSession(LineReceiver, TimeoutMixin):
 
     # -- follow ---------------------------------------------------------------
 
-    def start_follow(self, arg: bytes) -> None:
+    def start_follow(self, request: protocol.Request, started: float) -> None:
         """``follow [N]``: an error reply, or tail -F streaming until a line stops it."""
-        starting = follow(self, arg)
+        self.follow_request = (request, started)
+        starting = follow(self, request.arg)
         if isinstance(starting, bytes):
-            return self.answer(starting, b"follow")
+            return self.answer(starting, request, started)
         self.running = starting
         self.hold()
         starting.addCallbacks(self.follow_began, self.command_failed, errbackArgs=(b"follow",))
 
-    def follow_began(self, started: bytes | FollowProtocol | None) -> None:
+    def follow_began(self, tail: bytes | FollowProtocol | None) -> None:
         """Callback: the backlog is out and tail runs (or the error reply to send)."""
         self.running = None
-        if started is None or self.hanging_up:
+        if tail is None or self.hanging_up:
             return
-        if isinstance(started, bytes):
-            self.answer(started, b"follow")
+        if isinstance(tail, bytes):
+            self.answer(tail, *self.follow_request)
             return self.go_on()
-        self.following = started
+        self.following = tail
         if self.reading_paused:  # the stop line must be seen
             self.reading_paused = False
             self.transport.resumeProducing()
         if b"\n" in self._buffer or self.eof:  # pipelined: stop once the backlog is out
-            started.stop()
+            tail.stop()
 
     def follow_ended(self, tail: FollowProtocol) -> None:
         """tail is gone: send ``End follow``, drop the stop line, take the next line."""
@@ -370,6 +383,7 @@ class CommandSession(LineReceiver, TimeoutMixin):
         tail.producer.stopProducing()
         self.transport.unregisterProducer()
         self.state.stats.served(b"follow")
+        self.audit(self.follow_request[0], protocol.FOLLOW_END, self.follow_request[1])
         if not self.hanging_up:
             self.blocked = False  # the transport pauses the producer again if it must
             self.transport.registerProducer(self.replies, True)
