@@ -81,7 +81,11 @@ def test_systemd_analyze_scores_the_unit_2_or_less(tmp_path):
 
 
 def test_systemd_analyze_verifies_the_unit(tmp_path):
-    result = subprocess.run(["systemd-analyze", "verify", str(installed_copy(tmp_path))],
+    service = installed_copy(tmp_path)
+    socket_unit = tmp_path / "greencmd.socket"
+    socket_unit.write_text((SYSTEMD / "greencmd.socket").read_text())
+    assert unit()["Service"]["Type"] == "notify" and unit()["Service"]["WatchdogSec"]
+    result = subprocess.run(["systemd-analyze", "verify", str(service), str(socket_unit)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "greencmd.service" not in result.stderr, result.stderr

@@ -14,7 +14,13 @@ import socket
 
 from ..core import protocol
 from ..core.errors import cannot_listen, describe_os_error
-from ..core.listeners import listen_unix, peer_name, remove_socket, unix_address
+from ..core.listeners import (
+    listen_unix,
+    listening_on,
+    peer_name,
+    remove_socket,
+    unix_address,
+)
 from ..core.logs import (
     REFUSED,
     AcceptFailureLog,
@@ -28,6 +34,7 @@ from ..core.logs import (
 )
 from ..core.settings import BACKLOG, LINGER_SECONDS, ServerConfig, format_address
 from ..core.startup import startup_lines
+from ..core.systemd import Notifier
 from .commands import ServerState
 from .connection import Connection
 from .processes import kill_group
@@ -56,9 +63,10 @@ class CommandServer:
         """
         config = self.config
         if listener is not None:
-            serve = asyncio.start_unix_server if config.unix else asyncio.start_server
+            serve = (asyncio.start_unix_server if listener.family == socket.AF_UNIX
+                     else asyncio.start_server)
             self.server = await serve(self.handle, sock=listener)
-            return ""
+            return listening_on(listener)
         if config.unix:
             self.server = await asyncio.start_unix_server(
                 self.handle, sock=listen_unix(config.unix, config.unix_mode))
@@ -150,15 +158,17 @@ def quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict) -> None:
 _accept_failures = AcceptFailureLog()
 
 
-async def serve(config: ServerConfig, listener: socket.socket | None = None) -> None:
+async def serve(config: ServerConfig, listener: socket.socket | None = None,
+                supervised: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully. Raises BindError.
 
-    With ``listener`` (a worker of ``--workers``), the socket is already bound and
-    the supervisor has announced it (and removes a Unix socket's file).
+    ``listener``: a socket already listening (passed by systemd, or shared by
+    ``--workers``); ``supervised``: a worker, whose supervisor announces the server.
     """
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(quiet_exceptions)
     server = CommandServer(config)
+    notifier = Notifier()
     stop = asyncio.Event()
     # Handlers first: whoever waits for the "starting on" line may signal at once.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -166,15 +176,22 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None) -> 
     loop.add_signal_handler(signal.SIGHUP, reopen_log_files)
     stop_flushing = install_flush_timer(lambda delay, flush: loop.call_later(delay,
                                                                              flush).cancel)
+    ticks = None
     try:
         where = await server.start(listener)
-        if listener is None:
+        if not supervised:
             log("greencmd.asyncio_engine.server.CommandServer starting on %s" % where)
             for line in startup_lines(config, server.state.lastlog, server.state.help):
                 log(line)
+            notifier.ready(where)
+            if notifier.every:
+                ticks = asyncio.create_task(tick(notifier, server.sessions))
         await stop.wait()
+        notifier.stopping()
         await server.shutdown(config.grace)
     finally:
+        if ticks is not None:
+            ticks.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         stop_flushing()
@@ -185,9 +202,17 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None) -> 
     flush_logs()
 
 
-def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
+async def tick(notifier: Notifier, sessions: set) -> None:
+    """Tell systemd how many sessions are open (and ping its watchdog), for ever."""
+    while True:
+        await asyncio.sleep(notifier.every)
+        notifier.tick(len(sessions))
+
+
+def run(config: ServerConfig, listener: socket.socket | None = None,
+        supervised: bool = False) -> None:
     """Serve with asyncio until SIGTERM or SIGINT; raises BindError."""
-    asyncio.run(serve(config, listener))
+    asyncio.run(serve(config, listener, supervised))
 
 
 

@@ -18,7 +18,8 @@ import struct
 from .errors import BindError, describe_os_error
 from .settings import BACKLOG
 
-__all__ = ["unix_address", "clear_stale_socket", "listen_unix", "remove_socket", "peer_name"]
+__all__ = ["unix_address", "clear_stale_socket", "listen_unix", "remove_socket", "peer_name",
+           "listening_on"]
 
 
 def unix_address(path: str) -> str:
@@ -90,3 +91,11 @@ def peer_name(sock: socket.socket, address: object) -> str:
     except OSError:
         return "unix:uid=?"
     return "unix:uid=%d" % uid
+
+
+def listening_on(sock: socket.socket) -> str:
+    """Where a listening socket listens, as the log says it: ``HOST:PORT`` or ``unix:PATH``."""
+    where = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return unix_address(where if isinstance(where, str) else where.decode())
+    return ("[%s]:%d" if ":" in where[0] else "%s:%d") % where[:2]

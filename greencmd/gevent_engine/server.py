@@ -22,7 +22,7 @@ from gevent.server import StreamServer
 
 from ..core import protocol
 from ..core.errors import cannot_listen, describe_os_error
-from ..core.listeners import listen_unix, peer_name, remove_socket, unix_address
+from ..core.listeners import listen_unix, listening_on, peer_name, remove_socket
 from ..core.logs import (
     REFUSED,
     AcceptFailureLog,
@@ -42,6 +42,7 @@ from ..core.settings import (
     format_address,
 )
 from ..core.startup import startup_lines
+from ..core.systemd import Notifier
 from .commands import ServerState
 from .connection import Connection, IdleTimeout, nothing_pending
 from .processes import kill_group
@@ -194,42 +195,51 @@ def refuse(sock: socket.socket, system: str) -> None:
     Connection(sock, max_line=0, idle_timeout=0).hang_up(protocol.TOO_MANY)
 
 
-def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
+def run(config: ServerConfig, listener: socket.socket | None = None,
+        supervised: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully.
 
     Logging must be set up by the caller. Raises :class:`BindError` when the
-    address cannot be bound. With ``listener`` (a worker of ``--workers``), the
-    socket is already bound and the supervisor has announced it.
+    address cannot be bound. ``listener``: a socket already listening (one that
+    systemd passed, or the one ``--workers`` share); ``supervised``: a worker of
+    ``--workers``, whose supervisor announces the server and tells systemd.
     """
-    announce = listener is None  # a worker's supervisor has announced it
-    if announce and config.unix:
+    ours = listener is None  # bound here: a Unix socket's file is removed at the end
+    if ours and config.unix:
         listener = listen_unix(config.unix, config.unix_mode)
     server = CommandServer(config, listener)
+    notifier = Notifier()
     stop_flushing = start_log_flushing()
     stop = Event()
     # Handlers first: whoever waits for the "starting on" line may signal at once.
     handlers = [gevent.signal_handler(signum, stop.set)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
     handlers.append(gevent.signal_handler(signal.SIGHUP, reopen_log_files))
+    ticks = None
     try:
         try:
             server.start()
         except OSError as exc:
             server.state.pool.kill()
             raise cannot_listen(format_address(config.host, config.port), exc) from None
-        if announce:
-            where = (unix_address(config.unix) if config.unix
-                     else format_address(*server.address[:2]))
+        if not supervised:
+            where = listening_on(server.socket)
             log("greencmd.server.CommandServer starting on %s" % where)
             for line in startup_lines(config, server.state.lastlog, server.state.help):
                 log(line)
+            notifier.ready(where)
+            if notifier.every:
+                ticks = gevent.spawn(tick, notifier, server.sessions)
         stop.wait()
+        notifier.stopping()
         server.shutdown(config.grace)
     finally:
+        if ticks is not None:
+            ticks.kill()
         for handler in handlers:
             handler.cancel()
         stop_flushing()
-        if announce and config.unix:
+        if ours and config.unix:
             remove_socket(config.unix)
     left = running_greenlets()
     if left:
@@ -239,6 +249,13 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
         log("Stopped: every session closed, no command left running.")
     log("Main loop terminated.")
     flush_logs()
+
+
+def tick(notifier: Notifier, sessions: set) -> None:
+    """Tell systemd how many sessions are open (and ping its watchdog), for ever."""
+    while True:
+        gevent.sleep(notifier.every)
+        notifier.tick(len(sessions))
 
 
 def start_log_flushing() -> Callable[[], None]:

@@ -182,11 +182,6 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
                                "(StreamWriter.start_tls); use --engine gevent or twisted.")
     if workers > 1 and engine == "twisted":
         raise click.UsageError("--workers is for the gevent and asyncio engines only.")
-    run = _engine(engine)
-    if workers > 1:
-        from .workers import run_workers
-
-        run = functools.partial(run_workers, count=workers, engine=engine)
     # GREENCMD_LOG_FILE= means "no log file", as --log-file '' does, though click
     # ignores an empty variable; so do the quotes copied from that option.
     if options["log_file"] in ("''", '""'):
@@ -217,11 +212,36 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
     if workers > 1 and config.log_file and config.log_max_size:
         logs.log("Log rotation by size is off with --workers; rotate with logrotate and "
                  "SIGHUP")
+    # Before the engine is imported: Twisted's import consumes systemd's LISTEN_* variables.
+    listener = _activated(ctx, config, workers)
+    run = _engine(engine)
+    if workers > 1:
+        from .workers import run_workers
+
+        run = functools.partial(run_workers, count=workers, engine=engine)
+    elif listener is not None:
+        run = functools.partial(run, listener=listener)
     try:
         run(config)
     except BindError as exc:
         click.echo("greencmd: %s" % exc, err=True)
         sys.exit(EXIT_CANNOT_BIND)
+
+
+def _activated(ctx: click.Context, config: ServerConfig, workers: int):
+    """The listening socket systemd passed (socket activation), or None; exit 2 on a mismatch."""
+    from ..core.systemd import activated_listener
+
+    explicit = {name for name in ("host", "port", "unix")
+                if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
+    try:
+        listener = activated_listener(config, explicit)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if listener is not None and workers > 1:
+        raise click.UsageError("--workers does not take sockets from systemd: run one "
+                               "server per socket unit, or bind the port yourself")
+    return listener
 
 
 def _check_appendable(path: str, option: str) -> None:

@@ -132,7 +132,7 @@ class Supervisor:
         try:
             # Imported here, in the child: gevent's hub (or asyncio's loop) is born here.
             server = importlib.import_module(self.server_module)
-            server.run(self.config, listener=self.listener)
+            server.run(self.config, listener=self.listener, supervised=True)
             return 0
         except BaseException as exc:  # noqa: BLE001 (a worker must never return into the parent's loop)
             log("Worker %d failed: %s" % (index, exc))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import signal
+import socket
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import (
@@ -19,10 +20,11 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import ServerFactory
+from twisted.internet.task import LoopingCall
 from twisted.logger import globalLogPublisher
 
 from ..core.errors import BindError, cannot_listen, describe_os_error
-from ..core.listeners import clear_stale_socket, remove_socket, unix_address
+from ..core.listeners import clear_stale_socket, listening_on, remove_socket, unix_address
 from ..core.logs import (
     AcceptFailureLog,
     flush_logs,
@@ -32,6 +34,7 @@ from ..core.logs import (
 )
 from ..core.settings import BACKLOG, LINGER_SECONDS, REFUSING, ServerConfig, format_address
 from ..core.startup import startup_lines
+from ..core.systemd import Notifier
 from .commands import ServerState
 from .session import CommandSession
 from .tls import with_tls
@@ -180,23 +183,38 @@ def listen(config: ServerConfig, factory: CommandFactory) -> str:
     return format_address(address.host, address.port)
 
 
-def run(config: ServerConfig) -> None:
-    """Serve until SIGTERM or SIGINT with the Twisted reactor; raises BindError."""
+def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
+    """Serve until SIGTERM or SIGINT with the Twisted reactor; raises BindError.
+
+    ``listener``: a socket already listening (passed by systemd), adopted as the port.
+    """
     factory = CommandFactory(config)
+    notifier = Notifier()
     reactor.suggestThreadPoolSize(config.hash_threads)
-    where = listen(config, factory)
+    if listener is None:
+        where = listen(config, factory)
+    else:
+        factory.port = reactor.adoptStreamPort(listener.fileno(), listener.family,
+                                               with_tls(config, factory))
+        where = listening_on(listener)
+        listener.close()  # the reactor has its own copy of the descriptor
     # Announced once the reactor runs: only then are its SIGTERM/SIGINT handlers in,
     # and whoever waits for this line may signal at once.
     reactor.callWhenRunning(log, "greencmd.twisted_engine.server.CommandFactory starting on %s"
                             % where)
     for line in startup_lines(config, factory.state.lastlog, factory.state.help):
         reactor.callWhenRunning(log, line)
+    reactor.callWhenRunning(notifier.ready, where)
+    if notifier.every:
+        ticks = LoopingCall(lambda: notifier.tick(len(factory.sessions)))
+        reactor.callWhenRunning(ticks.start, notifier.every, False)
     install_flush_timer(lambda delay, flush: reactor.callLater(delay, flush).cancel)
+    reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)
     reactor.addSystemEventTrigger("before", "shutdown", factory.shutdown)
     globalLogPublisher.addObserver(AcceptFailures())
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reopen_log_files))
     reactor.run()
-    if config.unix:
+    if config.unix and listener is None:
         remove_socket(config.unix)
     log("Main loop terminated.")
     flush_logs()
