@@ -25,6 +25,7 @@ from ..core.catalog import dispatch_table, load_catalog
 from ..core.errors import describe_os_error
 from ..core.hashing import hash_file
 from ..core.logtail import LastlogSource
+from ..core.metrics import Metrics
 from ..core.plugins import PluginCommand
 from ..core.programs import OUTPUT_LIMIT, ProgramCommand, TimedOut, TooMuchOutput, timed_out
 from ..core.settings import ServerConfig
@@ -54,20 +55,22 @@ class ServerState:
     help: bytes
     stats: Stats
     audit: AuditLog | None = None
+    metrics: Metrics | None = None
 
     @classmethod
     def from_config(cls, config: ServerConfig, sessions: Collection) -> ServerState:
         """Choose the lastlog source, load plugins, make the executor."""
         catalog = load_catalog(config.commands)
         help_line = catalog.help(auth=config.auth_token is not None)
+        stats = Stats("asyncio", config.max_clients, catalog.names(), sessions)
         commands = dispatch_table(
             BUILTINS, catalog,
             lambda spec: Command(functools.partial(program, spec), waits=True),
             lambda extra: Command(functools.partial(plugin, extra), waits=True))
         pool = ThreadPoolExecutor(config.hash_threads, thread_name_prefix="greencmd")
         return cls(config, pool, LastlogSource.choose(config), commands, help_line,
-                   Stats("asyncio", config.max_clients, catalog.names(), sessions),
-                   AuditLog(config.audit_log) if config.audit_log else None)
+                   stats, AuditLog(config.audit_log) if config.audit_log else None,
+                   Metrics(stats) if config.metrics else None)
 
     async def in_thread(self, function: Callable, *args: object) -> object:
         """``function(*args)`` on a thread of the executor."""

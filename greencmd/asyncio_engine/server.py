@@ -37,6 +37,7 @@ from ..core.startup import startup_lines
 from ..core.systemd import Notifier
 from .commands import ServerState
 from .connection import Connection
+from .metrics import serve_metrics
 from .processes import kill_group
 from .session import Session
 from .tls import tls_context, tls_handshake
@@ -176,9 +177,11 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None,
     loop.add_signal_handler(signal.SIGHUP, reopen_log_files)
     stop_flushing = install_flush_timer(lambda delay, flush: loop.call_later(delay,
                                                                              flush).cancel)
-    ticks = None
+    ticks = metrics = None
     try:
         where = await server.start(listener)
+        if config.metrics:
+            metrics = await serve_metrics(server.state.metrics, *config.metrics)
         if not supervised:
             log("greencmd.asyncio_engine.server.CommandServer starting on %s" % where)
             for line in startup_lines(config, server.state.lastlog, server.state.help):
@@ -192,6 +195,8 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None,
     finally:
         if ticks is not None:
             ticks.cancel()
+        if metrics is not None:
+            metrics.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         stop_flushing()

@@ -106,7 +106,7 @@ class Session:
                 reply = await self.run_command(request)
             conn.write(reply)
             served(request.word)
-            self.audit(request, reply, started)
+            self.finished(request, reply, started)
         raise asyncio.CancelledError()  # shutdown began: say bye as for a cancel
 
     def authenticate(self, request: protocol.Request, started: float) -> bytes:
@@ -115,13 +115,16 @@ class Session:
         try:
             return auth.reply_to(request, self.config.auth_token)
         except auth.NotAuthenticated as refused:
-            self.audit(request, refused.goodbye, started)
+            self.finished(request, refused.goodbye, started)
             raise
 
-    def audit(self, request: protocol.Request, reply: bytes, started: float) -> None:
-        """One line in the ``--audit-log``, if there is one."""
-        if self.state.audit is not None:
-            self.state.audit.record(self.system, request, reply, started)
+    def finished(self, request: protocol.Request, reply: bytes, started: float) -> None:
+        """A request answered: its line in the ``--audit-log``, its time in ``--metrics``."""
+        state = self.state
+        if state.audit is not None:
+            state.audit.record(self.system, request, reply, started)
+        if state.metrics is not None:
+            state.metrics.observe(request.word, time.monotonic() - started)
 
     async def run_command(self, request: protocol.Request) -> bytes:
         """The reply to ``request``; a reset while a command waits raises ClientGone."""

@@ -49,6 +49,8 @@ class ServerConfig:
     log_format: str = "text"  # or "json"
     #: ``--audit-log``: a JSON line per request goes there (``core.audit``).
     audit_log: str | None = None
+    #: ``--metrics``: where ``/metrics`` is served, ``(host, port)``; None: nowhere.
+    metrics: tuple[str, int] | None = None
     #: Commands from the ``--config`` file (``core.programs.ProgramCommand``).
     commands: tuple = ()
     #: A Unix socket to listen on instead of TCP, and its file mode.

@@ -24,6 +24,7 @@ from ..core.catalog import dispatch_table, load_catalog
 from ..core.errors import describe_os_error
 from ..core.hashing import hash_file
 from ..core.logtail import LastlogSource
+from ..core.metrics import Metrics
 from ..core.plugins import PluginCommand, call_plugin
 from ..core.programs import OUTPUT_LIMIT, ProgramCommand, TimedOut, TooMuchOutput, timed_out
 from ..core.settings import ServerConfig
@@ -56,6 +57,7 @@ class ServerState:
     help: bytes
     stats: Stats
     audit: AuditLog | None = None
+    metrics: Metrics | None = None
 
     @classmethod
     def from_config(cls, config: ServerConfig, sessions: Collection) -> ServerState:
@@ -65,14 +67,15 @@ class ServerState:
         """
         catalog = load_catalog(config.commands)
         help_line = catalog.help(auth=config.auth_token is not None)
+        stats = Stats("gevent", config.max_clients, catalog.names(), sessions)
         commands = dispatch_table(
             BUILTINS, catalog,
             lambda spec: Command(functools.partial(program, spec), waits=True),
             lambda extra: Command(functools.partial(plugin, extra), waits=True))
         return cls(config, ThreadPool(config.hash_threads), LastlogSource.choose(config),
                    commands, help_line,
-                   Stats("gevent", config.max_clients, catalog.names(), sessions),
-                   AuditLog(config.audit_log) if config.audit_log else None)
+                   stats, AuditLog(config.audit_log) if config.audit_log else None,
+                   Metrics(stats) if config.metrics else None)
 
 
 def lastlog(state: ServerState, arg: bytes, system: str) -> bytes:

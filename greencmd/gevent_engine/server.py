@@ -45,6 +45,7 @@ from ..core.startup import startup_lines
 from ..core.systemd import Notifier
 from .commands import ServerState
 from .connection import Connection, IdleTimeout, nothing_pending
+from .metrics import serve_metrics
 from .processes import kill_group
 from .session import Session, ShuttingDown
 from .tls import tls_context, tls_handshake
@@ -215,13 +216,15 @@ def run(config: ServerConfig, listener: socket.socket | None = None,
     handlers = [gevent.signal_handler(signum, stop.set)
                 for signum in (signal.SIGTERM, signal.SIGINT)]
     handlers.append(gevent.signal_handler(signal.SIGHUP, reopen_log_files))
-    ticks = None
+    ticks = metrics = None
     try:
         try:
             server.start()
         except OSError as exc:
             server.state.pool.kill()
             raise cannot_listen(format_address(config.host, config.port), exc) from None
+        if config.metrics:
+            metrics = serve_metrics(server.state.metrics, *config.metrics)
         if not supervised:
             where = listening_on(server.socket)
             log("greencmd.server.CommandServer starting on %s" % where)
@@ -236,6 +239,8 @@ def run(config: ServerConfig, listener: socket.socket | None = None,
     finally:
         if ticks is not None:
             ticks.kill()
+        if metrics is not None:
+            metrics.stop(timeout=1)
         for handler in handlers:
             handler.cancel()
         stop_flushing()

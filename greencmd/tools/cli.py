@@ -133,6 +133,10 @@ def cli() -> None:
 @_option("--log-format", default="text", type=click.Choice(["text", "json"]),
          help="text: Twisted-style lines; json: one JSON object per line (time, level, "
               "session, peer, event, request, reason), to the same places.")
+@_option("--metrics", default=None, type=str, show_default="none",
+         help="Serve Prometheus metrics at http://HOST:PORT/metrics (the stats figures, "
+              "command latency, the process). A HOST other than loopback needs "
+              "--auth-token-file or --no-auth, as --host does.")
 @_option("--audit-log", default=None, type=click.Path(dir_okay=False), show_default="none",
          help="Append one JSON line per request to this file (time, peer, session, command, "
               "the argument's length, ok/error/refused, seconds); created mode 600.")
@@ -176,6 +180,7 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
     # The loopback rule is for TCP; file permissions guard a Unix socket.
     token = _token(auth_token_file, str(options["host"]), no_auth or bool(options["unix"]))
     _check_tls(options["tls_cert"], options["tls_key"], options["tls_client_ca"])
+    options["metrics"] = _metrics_address(options["metrics"], token is not None or no_auth)
 
     if engine == "asyncio" and options["tls_cert"] and sys.version_info < (3, 11):
         raise click.UsageError("TLS with --engine asyncio needs Python 3.11 or newer "
@@ -242,6 +247,23 @@ def _activated(ctx: click.Context, config: ServerConfig, workers: int):
         raise click.UsageError("--workers does not take sockets from systemd: run one "
                                "server per socket unit, or bind the port yourself")
     return listener
+
+
+def _metrics_address(text: str | None, protected: bool) -> tuple[str, int] | None:
+    """``--metrics HOST:PORT`` as (host, port); exit 2 if malformed, or public and unprotected."""
+    if not text:
+        return None
+    try:
+        target = parse_target(text, 0)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--metrics") from None
+    if not target.port:
+        raise click.BadParameter("%r has no port: give HOST:PORT" % text, param_hint="--metrics")
+    if not protected and not is_loopback(target.host):
+        raise click.UsageError("refusing to serve metrics on %s without --auth-token-file "
+                               "(pass --no-auth to let anyone who can connect read them)"
+                               % target.host)
+    return target.host, target.port
 
 
 def _check_appendable(path: str, option: str) -> None:

@@ -24,6 +24,7 @@ from ..core.catalog import dispatch_table, load_catalog
 from ..core.errors import describe_os_error
 from ..core.hashing import hash_file
 from ..core.logtail import LastlogSource
+from ..core.metrics import Metrics
 from ..core.plugins import PluginCommand
 from ..core.programs import OUTPUT_LIMIT, ProgramCommand, TimedOut, TooMuchOutput, timed_out
 from ..core.settings import ServerConfig
@@ -48,17 +49,19 @@ class ServerState:
     help: bytes
     stats: Stats
     audit: AuditLog | None = None
+    metrics: Metrics | None = None
 
     @classmethod
     def from_config(cls, config: ServerConfig, sessions: Collection) -> ServerState:
         """Choose the lastlog source and load plugins; ``stats`` reads ``sessions``."""
         catalog = load_catalog(config.commands)
         help_line = catalog.help(auth=config.auth_token is not None)
+        stats = Stats("twisted", config.max_clients, catalog.names(), sessions)
         commands = dispatch_table(BUILTINS, catalog, lambda spec: functools.partial(program, spec),
                                   lambda extra: functools.partial(plugin, extra))
         return cls(config, LastlogSource.choose(config), commands, help_line,
-                   Stats("twisted", config.max_clients, catalog.names(), sessions),
-                   AuditLog(config.audit_log) if config.audit_log else None)
+                   stats, AuditLog(config.audit_log) if config.audit_log else None,
+                   Metrics(stats) if config.metrics else None)
 
 
 def lastlog(state: ServerState, arg: bytes, system: str) -> Reply:

@@ -36,6 +36,7 @@ from ..core.settings import BACKLOG, LINGER_SECONDS, REFUSING, ServerConfig, for
 from ..core.startup import startup_lines
 from ..core.systemd import Notifier
 from .commands import ServerState
+from .metrics import serve_metrics
 from .session import CommandSession
 from .tls import with_tls
 
@@ -198,6 +199,9 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
                                                with_tls(config, factory))
         where = listening_on(listener)
         listener.close()  # the reactor has its own copy of the descriptor
+    if config.metrics:
+        metrics = serve_metrics(factory.state.metrics, *config.metrics)
+        reactor.addSystemEventTrigger("before", "shutdown", metrics.stopListening)
     # Announced once the reactor runs: only then are its SIGTERM/SIGINT handlers in,
     # and whoever waits for this line may signal at once.
     reactor.callWhenRunning(log, "greencmd.twisted_engine.server.CommandFactory starting on %s"
