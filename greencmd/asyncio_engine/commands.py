@@ -20,16 +20,12 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..core import logtail, protocol
-from ..core.audit import AuditLog
-from ..core.catalog import dispatch_table, load_catalog
 from ..core.errors import describe_os_error
 from ..core.hashing import hash_file
-from ..core.logtail import LastlogSource
-from ..core.metrics import Metrics
 from ..core.plugins import PluginCommand
 from ..core.programs import OUTPUT_LIMIT, ProgramCommand, TimedOut, TooMuchOutput, timed_out
 from ..core.settings import ServerConfig
-from ..core.stats import Stats
+from ..core.state import BaseState
 from . import processes
 
 __all__ = ["ServerState", "Command", "BUILTINS", "lastlog", "comhash", "help_", "stats",
@@ -44,33 +40,19 @@ class Command(NamedTuple):
 
 
 @dataclass
-class ServerState:
-    """What commands read from the server: settings, the lastlog source, the executor,
-    the dispatch table, the help line and the counters."""
+class ServerState(BaseState):
+    """What commands read from the server (:class:`BaseState`), and the executor."""
 
-    config: ServerConfig
     pool: ThreadPoolExecutor
-    lastlog: LastlogSource
-    commands: dict[bytes, Command]
-    help: bytes
-    stats: Stats
-    audit: AuditLog | None = None
-    metrics: Metrics | None = None
 
     @classmethod
     def from_config(cls, config: ServerConfig, sessions: Collection) -> ServerState:
         """Choose the lastlog source, load plugins, make the executor."""
-        catalog = load_catalog(config.commands)
-        help_line = catalog.help(auth=config.auth_token is not None)
-        stats = Stats("asyncio", config.max_clients, catalog.names(), sessions)
-        commands = dispatch_table(
-            BUILTINS, catalog,
-            lambda spec: Command(functools.partial(program, spec), waits=True),
-            lambda extra: Command(functools.partial(plugin, extra), waits=True))
-        pool = ThreadPoolExecutor(config.hash_threads, thread_name_prefix="greencmd")
-        return cls(config, pool, LastlogSource.choose(config), commands, help_line,
-                   stats, AuditLog(config.audit_log) if config.audit_log else None,
-                   Metrics(stats) if config.metrics else None)
+        return cls.build("asyncio", config, sessions, BUILTINS,
+                         lambda spec: Command(functools.partial(program, spec), waits=True),
+                         lambda extra: Command(functools.partial(plugin, extra), waits=True),
+                         pool=ThreadPoolExecutor(config.hash_threads,
+                                                 thread_name_prefix="greencmd"))
 
     async def in_thread(self, function: Callable, *args: object) -> object:
         """``function(*args)`` on a thread of the executor."""

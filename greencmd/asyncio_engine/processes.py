@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from asyncio.subprocess import DEVNULL, PIPE, Process
 
-from ..core.programs import STDERR_KEPT, Finished, TimedOut, TooMuchOutput
+from ..core.programs import STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
 
 __all__ = ["start", "run", "read_capped", "read_last", "kill_group", "CHUNK", "AT_ONCE"]
 
@@ -108,7 +107,4 @@ async def read_last(stream: asyncio.StreamReader, keep: int) -> bytes:
 
 def kill_group(child: Process) -> None:
     """SIGKILL everything in ``child``'s session, the child included; never raises."""
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    kill_session(child.pid)

@@ -106,7 +106,7 @@ class Session:
                 reply = await self.run_command(request)
             conn.write(reply)
             served(request.word)
-            self.finished(request, reply, started)
+            self.state.finished(self.system, request, reply, started)
         raise asyncio.CancelledError()  # shutdown began: say bye as for a cancel
 
     def authenticate(self, request: protocol.Request, started: float) -> bytes:
@@ -115,16 +115,8 @@ class Session:
         try:
             return auth.reply_to(request, self.config.auth_token)
         except auth.NotAuthenticated as refused:
-            self.finished(request, refused.goodbye, started)
+            self.state.finished(self.system, request, refused.goodbye, started)
             raise
-
-    def finished(self, request: protocol.Request, reply: bytes, started: float) -> None:
-        """A request answered: its line in the ``--audit-log``, its time in ``--metrics``."""
-        state = self.state
-        if state.audit is not None:
-            state.audit.record(self.system, request, reply, started)
-        if state.metrics is not None:
-            state.metrics.observe(request.word, time.monotonic() - started)
 
     async def run_command(self, request: protocol.Request) -> bytes:
         """The reply to ``request``; a reset while a command waits raises ClientGone."""

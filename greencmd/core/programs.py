@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -19,7 +20,7 @@ from .errors import duration
 from .protocol import Refused
 
 __all__ = ["ProgramCommand", "command_from_table", "check_name", "timed_out", "last_line",
-           "OUTPUT_LIMIT", "STDERR_KEPT", "Finished", "TimedOut", "TooMuchOutput"]
+           "OUTPUT_LIMIT", "STDERR_KEPT", "Finished", "TimedOut", "TooMuchOutput", "kill_session"]
 
 #: Most standard output a configured command's reply may carry.
 OUTPUT_LIMIT = 4 << 20
@@ -27,6 +28,19 @@ OUTPUT_LIMIT = 4 << 20
 STDERR_KEPT = 4096
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 ARGS_MODES = ("none", "append")
+
+
+def kill_session(pid: int) -> None:
+    """SIGKILL every process in the session that child ``pid`` leads; never raises.
+
+    Every engine starts its children in a session of their own, so this reaches
+    all they started. Also right after the child was reaped: Linux keeps a process
+    group's number while any process is still in the group.
+    """
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 class Finished(NamedTuple):

@@ -19,16 +19,12 @@ import gevent
 from gevent.threadpool import ThreadPool
 
 from ..core import logtail, protocol
-from ..core.audit import AuditLog
-from ..core.catalog import dispatch_table, load_catalog
 from ..core.errors import describe_os_error
 from ..core.hashing import hash_file
-from ..core.logtail import LastlogSource
-from ..core.metrics import Metrics
 from ..core.plugins import PluginCommand, call_plugin
 from ..core.programs import OUTPUT_LIMIT, ProgramCommand, TimedOut, TooMuchOutput, timed_out
 from ..core.settings import ServerConfig
-from ..core.stats import Stats
+from ..core.state import BaseState
 from . import processes
 
 __all__ = ["ServerState", "Command", "BUILTINS", "lastlog", "comhash", "help_", "stats",
@@ -46,36 +42,18 @@ class Command(NamedTuple):
 
 
 @dataclass
-class ServerState:
-    """What commands read from the server: settings, the lastlog source, the hashing
-    threads, the dispatch table, the help line and the counters."""
+class ServerState(BaseState):
+    """What commands read from the server (:class:`BaseState`), and the hashing threads."""
 
-    config: ServerConfig
     pool: ThreadPool
-    lastlog: LastlogSource
-    commands: dict[bytes, Command]
-    help: bytes
-    stats: Stats
-    audit: AuditLog | None = None
-    metrics: Metrics | None = None
 
     @classmethod
     def from_config(cls, config: ServerConfig, sessions: Collection) -> ServerState:
-        """Choose the lastlog source, load plugins, start the hashing threads.
-
-        ``sessions``: the server's set of open sessions, which ``stats`` reads.
-        """
-        catalog = load_catalog(config.commands)
-        help_line = catalog.help(auth=config.auth_token is not None)
-        stats = Stats("gevent", config.max_clients, catalog.names(), sessions)
-        commands = dispatch_table(
-            BUILTINS, catalog,
-            lambda spec: Command(functools.partial(program, spec), waits=True),
-            lambda extra: Command(functools.partial(plugin, extra), waits=True))
-        return cls(config, ThreadPool(config.hash_threads), LastlogSource.choose(config),
-                   commands, help_line,
-                   stats, AuditLog(config.audit_log) if config.audit_log else None,
-                   Metrics(stats) if config.metrics else None)
+        """Choose the lastlog source, load plugins, start the hashing threads."""
+        return cls.build("gevent", config, sessions, BUILTINS,
+                         lambda spec: Command(functools.partial(program, spec), waits=True),
+                         lambda extra: Command(functools.partial(plugin, extra), waits=True),
+                         pool=ThreadPool(config.hash_threads))
 
 
 def lastlog(state: ServerState, arg: bytes, system: str) -> bytes:

@@ -10,13 +10,12 @@ a client reset, shutdown) the ``finally`` here kills the group and reaps it.
 from __future__ import annotations
 
 import os
-import signal
 from typing import BinaryIO
 
 import gevent
 from gevent.lock import BoundedSemaphore
 
-from ..core.programs import STDERR_KEPT, Finished, TimedOut, TooMuchOutput
+from ..core.programs import STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
 
 # gevent.subprocess's API, spawned by the stdlib's faster C code (see the module).
 from .fast_subprocess import DEVNULL, PIPE, Popen
@@ -91,15 +90,8 @@ def read_last(stream: BinaryIO, keep: int) -> bytes:
 
 
 def kill_group(child: Popen) -> None:
-    """SIGKILL everything in ``child``'s session, the child included; never raises.
-
-    Also right after the child was reaped (with no wait in between): Linux
-    keeps a process group's number while any process is still in the group.
-    """
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """SIGKILL everything in ``child``'s session, the child included; never raises."""
+    kill_session(child.pid)
 
 
 def kill_and_reap(child: Popen) -> None:

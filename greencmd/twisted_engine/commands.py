@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from twisted.internet import defer, reactor, threads
 from twisted.python.failure import Failure
 
 from ..core import logtail, protocol
-from ..core.audit import AuditLog
-from ..core.catalog import dispatch_table, load_catalog
 from ..core.errors import describe_os_error
 from ..core.hashing import hash_file
-from ..core.logtail import LastlogSource
-from ..core.metrics import Metrics
 from ..core.plugins import PluginCommand
 from ..core.programs import OUTPUT_LIMIT, ProgramCommand, TimedOut, TooMuchOutput, timed_out
 from ..core.settings import ServerConfig
-from ..core.stats import Stats
+from ..core.state import BaseState
 from . import processes
 
 __all__ = ["ServerState", "Reply", "lastlog", "comhash", "program", "plugin", "help_",
@@ -39,29 +35,15 @@ Reply = bytes | defer.Deferred
 
 
 @dataclass
-class ServerState:
-    """What commands read from the server: settings, the lastlog source, the dispatch
-    table, the help line and the counters."""
-
-    config: ServerConfig
-    lastlog: LastlogSource
-    commands: dict[bytes, Callable[[ServerState, bytes, str], Reply]]
-    help: bytes
-    stats: Stats
-    audit: AuditLog | None = None
-    metrics: Metrics | None = None
+class ServerState(BaseState):
+    """What commands read from the server (:class:`BaseState`); threads are the reactor's."""
 
     @classmethod
     def from_config(cls, config: ServerConfig, sessions: Collection) -> ServerState:
         """Choose the lastlog source and load plugins; ``stats`` reads ``sessions``."""
-        catalog = load_catalog(config.commands)
-        help_line = catalog.help(auth=config.auth_token is not None)
-        stats = Stats("twisted", config.max_clients, catalog.names(), sessions)
-        commands = dispatch_table(BUILTINS, catalog, lambda spec: functools.partial(program, spec),
-                                  lambda extra: functools.partial(plugin, extra))
-        return cls(config, LastlogSource.choose(config), commands, help_line,
-                   stats, AuditLog(config.audit_log) if config.audit_log else None,
-                   Metrics(stats) if config.metrics else None)
+        return cls.build("twisted", config, sessions, BUILTINS,
+                         lambda spec: functools.partial(program, spec),
+                         lambda extra: functools.partial(plugin, extra))
 
 
 def lastlog(state: ServerState, arg: bytes, system: str) -> Reply:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import signal
 
 from twisted.internet import defer, error, reactor
 from twisted.internet.protocol import ProcessProtocol
 
-from ..core.programs import STDERR_KEPT, Finished, TimedOut, TooMuchOutput
+from ..core.programs import STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
 
 __all__ = ["SETSID", "spawn", "SessionChild", "ChildProtocol", "run"]
 
@@ -60,10 +59,7 @@ class SessionChild(ProcessProtocol):
         except error.ProcessExitedAlready:
             pass
         if self.pid is not None:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_session(self.pid)
 
 
 class ChildProtocol(SessionChild):

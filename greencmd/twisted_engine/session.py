@@ -268,22 +268,14 @@ class CommandSession(LineReceiver, TimeoutMixin):
         """Write a reply, count it, audit it."""
         self.transport.write(reply)
         self.state.stats.served(request.word)
-        self.finished(request, reply, started)
-
-    def finished(self, request: protocol.Request, reply: bytes, started: float) -> None:
-        """A request answered: its line in the ``--audit-log``, its time in ``--metrics``."""
-        state = self.state
-        if state.audit is not None:
-            state.audit.record(self.system, request, reply, started)
-        if state.metrics is not None:
-            state.metrics.observe(request.word, time.monotonic() - started)
+        self.state.finished(self.system, request, reply, started)
 
     def authenticate(self, request: protocol.Request, started: float) -> None:
         """``auth TOKEN``, or any request before it: the reply, or the end of the session."""
         try:
             reply = auth.reply_to(request, self.config.auth_token)
         except auth.NotAuthenticated as refused:
-            self.finished(request, refused.goodbye, started)
+            self.state.finished(self.system, request, refused.goodbye, started)
             self.transport.write(refused.goodbye)
             return self.hang_up(refused.reason)
         self.authenticated = True
@@ -386,7 +378,8 @@ class CommandSession(LineReceiver, TimeoutMixin):
         tail.producer.stopProducing()
         self.transport.unregisterProducer()
         self.state.stats.served(b"follow")
-        self.finished(self.follow_request[0], protocol.FOLLOW_END, self.follow_request[1])
+        request, started = self.follow_request
+        self.state.finished(self.system, request, protocol.FOLLOW_END, started)
         if not self.hanging_up:
             self.blocked = False  # the transport pauses the producer again if it must
             self.transport.registerProducer(self.replies, True)
