@@ -250,3 +250,12 @@ def test_getpage_runs_against_its_own_demo_server():
     result = subprocess.run([sys.executable, "-m", "greencmd.tools.compare.getpage", "lower"],
                             env=greencmd_env(), capture_output=True, timeout=60)
     assert result.returncode == 0 and b"hello from the getpage lesson" in result.stdout
+
+
+def test_docs_compare_gives_each_pairs_line_counts_as_they_are():
+    from conftest import REPO
+
+    text = (REPO / "docs" / "compare.md").read_text()
+    for pair in PAIRS:
+        counts = " / ".join(str(line_count(side)) for side in pair.sides)
+        assert "| %s | %s |" % (pair.name, counts) in text, pair.name

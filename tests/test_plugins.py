@@ -119,7 +119,7 @@ def plugged(start_server, plugin_site):
 def test_help_lists_plugins_by_name_after_the_built_ins(plugged):
     assert plugged().talk(b"help\n") == (
         b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit, quit, badstr, boom, "
-        b"disk, Echo, loadavg, nap, notstr, spawn, swallow\n")
+        b"disk [PATH], Echo, loadavg, nap, notstr, spawn, swallow\n")
 
 
 def test_the_example_plugin_answers(plugged, tmp_path):

@@ -67,7 +67,7 @@ def test_sigterm_drains_every_worker_and_exits_0(workers):
 
 def test_sighup_makes_every_worker_reopen_the_log(workers, tmp_path):
     wait_until(lambda: len(worker_pids(workers)) == 2, 15, "two workers")
-    workers.wait_for_count("Worker", 2)
+    workers.wait_for_count("Serving in worker process", 2)  # their handlers are in
     log = tmp_path / "w.log"
     log.rename(tmp_path / "w.log.1")
     workers.proc.send_signal(signal.SIGHUP)

@@ -9,6 +9,7 @@ Compare ``gevent_engine/server.py`` and ``twisted_engine/server.py``.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 
@@ -182,7 +183,9 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None,
         where = await server.start(listener)
         if config.metrics:
             metrics = await serve_metrics(server.state.metrics, *config.metrics)
-        if not supervised:
+        if supervised:
+            log("Serving in worker process %d" % os.getpid())
+        else:
             log("greencmd.asyncio_engine.server.CommandServer starting on %s" % where)
             for line in startup_lines(config, server.state.lastlog, server.state.help):
                 log(line)

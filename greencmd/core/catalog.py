@@ -28,9 +28,9 @@ class Catalog(NamedTuple):
 
     def help(self, auth: bool = False) -> bytes:
         """The ``help`` line: built-ins (``auth`` too when the server has a token),
-        configured commands (their help), plugins (names)."""
+        configured commands and plugins (their syntax, where they give one)."""
         return protocol.help_reply([*(spec.syntax for spec in self.programs),
-                                    *(extra.name for extra in self.plugins)], auth)
+                                    *(extra.syntax for extra in self.plugins)], auth)
 
     def names(self) -> dict[bytes, str]:
         """Every command word that ``stats`` counts, with its name."""

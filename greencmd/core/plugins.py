@@ -9,6 +9,7 @@ rule (docs/protocol.md): in the session's greenlet (gevent), on a worker thread
 from __future__ import annotations
 
 import os
+import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ __all__ = ["PluginCommand", "load_plugins", "call_plugin", "ENTRY_POINT_GROUP",
            "TRACEBACK_INTERVAL", "describe_exception"]
 
 ENTRY_POINT_GROUP = "greencmd.commands"
+#: A docstring that opens with the command's syntax: ````disk [PATH]````: ...
+_DOC_SYNTAX = re.compile(r"``([^`]+)``")
 #: A plugin that fails logs one line each time, and its traceback at most this often:
 #: anyone who can connect can make a plugin fail, and must not fill the disk.
 TRACEBACK_INTERVAL = 60.0
@@ -40,6 +43,19 @@ class PluginCommand:
     def word(self) -> bytes:
         """The request word that runs it (any case matches)."""
         return self.name.lower().encode()
+
+    @property
+    def syntax(self) -> str:
+        """How ``help`` shows it: the function's ``help`` attribute, or the ````NAME ...````
+        that opens its docstring (``disk [PATH]``), else its name."""
+        text = getattr(self.function, "help", None)
+        if not isinstance(text, str):
+            first = (getattr(self.function, "__doc__", None) or "").strip().split("\n")[0]
+            match = _DOC_SYNTAX.match(first)
+            text = match[1] if match and match[1].lower().split()[0] == self.name.lower() \
+                else ""
+        text = " ".join(text.split())
+        return text if text and text.isprintable() and len(text) <= 80 else self.name
 
     def call(self, arg: bytes) -> bytes:
         """Call the function with the request's argument and return its reply.

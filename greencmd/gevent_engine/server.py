@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import os
 import signal
 import socket
 import time
@@ -225,7 +226,9 @@ def run(config: ServerConfig, listener: socket.socket | None = None,
             raise cannot_listen(format_address(config.host, config.port), exc) from None
         if config.metrics:
             metrics = serve_metrics(server.state.metrics, *config.metrics)
-        if not supervised:
+        if supervised:
+            log("Serving in worker process %d" % os.getpid())
+        else:
             where = listening_on(server.socket)
             log("greencmd.server.CommandServer starting on %s" % where)
             for line in startup_lines(config, server.state.lastlog, server.state.help):

@@ -125,8 +125,10 @@ class Supervisor:
 
     def _work(self, index: int) -> int:
         """In the child: run one server on the shared socket; the exit status."""
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
+        # Until the server installs its own handler: a SIGHUP must not kill the worker.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if not stop_with_parent(self.parent):
             return 0
         try:

@@ -3,12 +3,14 @@
 greencmd calls each with the request's argument ("" when there is none) and
 sends back what it returns (adding a final newline if it lacks one). An
 exception becomes the reply ``An error occured: <str(exc)>``, and the server
-logs its traceback: raise with a message a person understands.
+logs one line (its traceback at most once a minute): raise with a message a
+person understands. The syntax that opens each docstring is what ``help`` shows.
 
 The gevent engine calls these in the session's greenlet, so they must not
 block for long without yielding: use gevent's sockets or ``gevent.sleep`` for
-waiting (the Twisted twin calls them in a worker thread, where anything goes).
-Both calls here are quick system calls.
+waiting (the Twisted twin and the asyncio engine call them in a worker thread,
+where anything goes; asyncio awaits an ``async def`` one). Both calls here are
+quick system calls.
 """
 
 from __future__ import annotations
