@@ -101,3 +101,24 @@ def test_idle_sessions_refused_give_no_memory_figure(start_server):
     (r,) = json.loads(result.stdout)
     assert r["extra"] == {} and r["rate"] is None
     assert any("--max-clients" in e for e in r["examples"])
+
+
+def test_bench_authenticates_with_a_token(start_server, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("b" * 32 + "\n")
+    token.chmod(0o600)
+    server = start_server("--auth-token-file", str(token), "--max-clients", "100")
+    result = run_greencmd("bench", "--port", str(server.port), "--token-file", str(token),
+                          "-c", "5", "-s", "0.3", "--json", "unknown", "pipeline", "churn",
+                          "lastlog", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert all(r["errors"] == 0 and r["count"] > 0 for r in json.loads(result.stdout))
+    wrong = tmp_path / "wrong"
+    wrong.write_text("w" * 32 + "\n")
+    wrong.chmod(0o600)
+    refused = run_greencmd("bench", "--port", str(server.port), "--token-file", str(wrong),
+                           "-s", "0.3", "unknown")
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[-1] == (b"greencmd: unknown: the server refused the "
+                                               b"token: Authentication failed.")
+    assert b"Traceback" not in refused.stderr

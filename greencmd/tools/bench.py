@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from ..client.single import authenticate
 from ..core import protocol
 
 __all__ = ["SCENARIOS", "DEFAULT_SCENARIOS", "Result", "run_scenario", "format_table", "as_json"]
@@ -87,18 +88,27 @@ def _percentiles(result: Result, latencies: list[float]) -> None:
         result.p99_ms = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
 
 
-def _connect(address: tuple[str, int], timeout: float = 10) -> socket.socket:
+def _connect(address: tuple[str, int], token: bytes | None = None,
+             timeout: float = 10) -> socket.socket:
+    """A connection, authenticated first when the server wants a token (raises Refused)."""
     sock = socket.create_connection(address, timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if token is not None:
+        try:
+            authenticate(sock, token)
+        except BaseException:
+            sock.close()
+            raise
     return sock
 
 
 @contextmanager
-def _connections(address: tuple[str, int], count: int) -> Iterator[list[socket.socket]]:
+def _connections(address: tuple[str, int], count: int,
+                 token: bytes | None) -> Iterator[list[socket.socket]]:
     socks = []
     try:
         for _ in range(count):
-            socks.append(_connect(address))
+            socks.append(_connect(address, token))
         yield socks
     finally:
         for sock in socks:
@@ -179,7 +189,7 @@ def closed_loop(socks: list[socket.socket], request: bytes, expected: bytes | No
 def run_closed_loop(address: tuple[str, int], options, request: bytes,
                     expected: bytes | None, result: Result) -> Result:
     """:func:`closed_loop` on ``options.connections`` new connections, closed after."""
-    with _connections(address, options.connections) as socks:
+    with _connections(address, options.connections, options.token) as socks:
         closed_loop(socks, request, expected, options.seconds, result)
     return result
 
@@ -195,7 +205,7 @@ def pipeline(address, options) -> Result:
     lines = options.lines
     result = Result("pipeline", "lines/s", extra={"lines": lines})
     request, expected = b"nope\n" * lines, NOT_FOUND * lines
-    with _connect(address) as sock:
+    with _connect(address, options.token) as sock:
         start = time.perf_counter()
         deadline = start + options.seconds
         rounds = 0
@@ -327,7 +337,8 @@ def idle(address, options) -> Result:
     held = []
     try:
         for start in range(0, count, 500):
-            batch = [_connect(address) for _ in range(min(500, count - start))]
+            batch = [_connect(address, options.token)
+                     for _ in range(min(500, count - start))]
             for sock in batch:
                 sock.send(b"help\n")
             for sock in batch:

@@ -531,23 +531,32 @@ compare.help = compare.help.format(names=textwrap.fill(
 @click.option("--server-pid", default=None, type=int,
               help="The server's PID: adds its CPU per operation (from /proc) to every "
                    "scenario, and its memory per session to idle.")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False),
+              help="Authenticate each connection with the token on this file's first line "
+                   "(or GREENCMD_TOKEN, which holds the token itself). churn sends no token: "
+                   "its exit needs none.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(host: str, port: int, scenarios: tuple[str, ...], as_json: bool,
-          **options: object) -> None:
+          token_file: str | None, **options: object) -> None:
     """Load a greencmd server and check every reply; SCENARIOS default to all but idle.
 
-    Exit status 1 if any reply was wrong, 3 if the server cannot be reached.
+    Exit status 1 if any reply was wrong (or the token was refused), 3 if the server
+    cannot be reached. A server over TLS cannot be benched: the load generator writes
+    raw sockets (bench a plain port of the same server setup instead).
     """
     import json
     from types import SimpleNamespace
 
     from . import bench as loadgen
 
-    settings = SimpleNamespace(**options)
+    settings = SimpleNamespace(token=_client_token(token_file), **options)
     results = []
     for name in scenarios or loadgen.DEFAULT_SCENARIOS:
         try:
             results.append(loadgen.run_scenario(name, (host, port), settings))
+        except client.Refused as exc:
+            click.echo("greencmd: %s: the server refused the token: %s" % (name, exc), err=True)
+            sys.exit(client.FAILED)
         except OSError as exc:
             click.echo("greencmd: %s: cannot reach %s:%d: %s" % (
                 name, host, port, describe_os_error(exc)), err=True)
