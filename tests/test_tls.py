@@ -311,3 +311,23 @@ def test_a_mixed_fleet_is_asked_in_one_call_from_a_hosts_file(start_server, pki,
     bad = run_greencmd("client", "--hosts-file", str(hosts), "help")
     assert bad.returncode == 2 and b"line 1: 'colour=blue' is not a setting" in bad.stderr
     assert not slow.exists()
+
+
+def test_bench_loads_a_tls_server(tls_server, pki, tmp_path):
+    server = tls_server("server", "--max-clients", "100")
+    result = run_greencmd("bench", "--port", str(server.port), "--host", "localhost",
+                          "--cafile", str(pki / "ca.pem"), "-c", "5", "-s", "0.3",
+                          "--idle", "20", "--directory", str(tmp_path), "--size-mib", "2",
+                          "--json", "unknown", "pipeline", "lastlog", "comhash", "idle",
+                          timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = json.loads(result.stdout)
+    assert [r["scenario"] for r in records] == ["unknown", "pipeline", "lastlog", "comhash",
+                                                "idle"]
+    assert all(r["errors"] == 0 and r["count"] > 0 for r in records), records
+    churn = run_greencmd("bench", "--port", str(server.port), "--cafile",
+                         str(pki / "ca.pem"), "churn")
+    assert churn.returncode == 2 and b"churn measures plain TCP connects" in churn.stderr
+    untrusted = run_greencmd("bench", "--port", str(server.port), "--tls", "unknown")
+    assert untrusted.returncode == 3
+    assert b"certificate verify failed" in untrusted.stderr.splitlines()[-1]

@@ -14,6 +14,7 @@ import os
 import resource
 import select
 import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -89,10 +90,13 @@ def _percentiles(result: Result, latencies: list[float]) -> None:
 
 
 def _connect(address: tuple[str, int], token: bytes | None = None,
-             timeout: float = 10) -> socket.socket:
-    """A connection, authenticated first when the server wants a token (raises Refused)."""
+             tls: ssl.SSLContext | None = None, timeout: float = 10) -> socket.socket:
+    """A connection (over TLS with ``tls``), authenticated first when the server wants a
+    token (raises Refused)."""
     sock = socket.create_connection(address, timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        sock = tls.wrap_socket(sock, server_hostname=address[0])
     if token is not None:
         try:
             authenticate(sock, token)
@@ -103,12 +107,12 @@ def _connect(address: tuple[str, int], token: bytes | None = None,
 
 
 @contextmanager
-def _connections(address: tuple[str, int], count: int,
-                 token: bytes | None) -> Iterator[list[socket.socket]]:
+def _connections(address: tuple[str, int], count: int, token: bytes | None,
+                 tls: ssl.SSLContext | None) -> Iterator[list[socket.socket]]:
     socks = []
     try:
         for _ in range(count):
-            socks.append(_connect(address, token))
+            socks.append(_connect(address, token, tls))
         yield socks
     finally:
         for sock in socks:
@@ -129,6 +133,8 @@ def closed_loop(socks: list[socket.socket], request: bytes, expected: bytes | No
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
     read, write, clock = os.read, os.write, time.perf_counter
+    if socks and isinstance(socks[0], ssl.SSLSocket):  # records, not raw bytes
+        read, write = _tls_io({sock.fileno(): sock for sock in socks})
     for sock in socks:
         sock.setblocking(False)
         buffers[sock.fileno()] = b""
@@ -147,6 +153,8 @@ def closed_loop(socks: list[socket.socket], request: bytes, expected: bytes | No
             for fd, _ in poller.poll(deadline - now):
                 try:
                     data = read(fd, 262144)
+                except ssl.SSLWantReadError:
+                    continue  # part of a TLS record: the rest comes with the next read
                 except OSError as exc:
                     data, why = b"", str(exc)
                 else:
@@ -186,10 +194,29 @@ def closed_loop(socks: list[socket.socket], request: bytes, expected: bytes | No
     _percentiles(result, latencies)
 
 
+def _tls_io(by_fd: dict[int, ssl.SSLSocket]):
+    """``read(fd, n)`` and ``write(fd, data)`` for the closed loop, through TLS sockets.
+
+    A read takes what TLS has decrypted beyond the first record too: epoll does not
+    wake for data already inside the TLS layer.
+    """
+    def read(fd: int, size: int) -> bytes:
+        sock = by_fd[fd]
+        data = sock.recv(size)
+        while data and sock.pending():
+            data += sock.recv(size)
+        return data
+
+    def write(fd: int, data: bytes) -> None:
+        by_fd[fd].sendall(data)
+
+    return read, write
+
+
 def run_closed_loop(address: tuple[str, int], options, request: bytes,
                     expected: bytes | None, result: Result) -> Result:
     """:func:`closed_loop` on ``options.connections`` new connections, closed after."""
-    with _connections(address, options.connections, options.token) as socks:
+    with _connections(address, options.connections, options.token, options.tls) as socks:
         closed_loop(socks, request, expected, options.seconds, result)
     return result
 
@@ -205,7 +232,7 @@ def pipeline(address, options) -> Result:
     lines = options.lines
     result = Result("pipeline", "lines/s", extra={"lines": lines})
     request, expected = b"nope\n" * lines, NOT_FOUND * lines
-    with _connect(address, options.token) as sock:
+    with _connect(address, options.token, options.tls) as sock:
         start = time.perf_counter()
         deadline = start + options.seconds
         rounds = 0
@@ -337,7 +364,7 @@ def idle(address, options) -> Result:
     held = []
     try:
         for start in range(0, count, 500):
-            batch = [_connect(address, options.token)
+            batch = [_connect(address, options.token, options.tls)
                      for _ in range(min(500, count - start))]
             for sock in batch:
                 sock.send(b"help\n")

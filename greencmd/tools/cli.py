@@ -535,28 +535,47 @@ compare.help = compare.help.format(names=textwrap.fill(
               help="Authenticate each connection with the token on this file's first line "
                    "(or GREENCMD_TOKEN, which holds the token itself). churn sends no token: "
                    "its exit needs none.")
+@click.option("--tls", is_flag=True, help="Speak TLS, verifying the server against the "
+              "system's CAs (churn, which measures plain TCP connects, is left out).")
+@click.option("--cafile", default=None, type=click.Path(dir_okay=False),
+              help="Verify the server against this CA file instead (implies --tls).")
+@click.option("--cert", default=None, type=click.Path(dir_okay=False),
+              help="Client certificate (PEM) for mutual TLS (implies --tls); needs --key.")
+@click.option("--key", default=None, type=click.Path(dir_okay=False),
+              help="Private key of --cert.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(host: str, port: int, scenarios: tuple[str, ...], as_json: bool,
-          token_file: str | None, **options: object) -> None:
+          token_file: str | None, tls: bool, cafile: str | None, cert: str | None,
+          key: str | None, **options: object) -> None:
     """Load a greencmd server and check every reply; SCENARIOS default to all but idle.
 
     Exit status 1 if any reply was wrong (or the token was refused), 3 if the server
-    cannot be reached. A server over TLS cannot be benched: the load generator writes
-    raw sockets (bench a plain port of the same server setup instead).
+    cannot be reached (or its TLS handshake fails).
     """
     import json
+    import ssl
     from types import SimpleNamespace
 
+    from ..core.tls import client_tls_failure
     from . import bench as loadgen
 
-    settings = SimpleNamespace(token=_client_token(token_file), **options)
+    context = _client_tls(tls, cafile, cert, key)
+    if context is not None and "churn" in scenarios:
+        raise click.UsageError("churn measures plain TCP connects; leave it out with TLS")
+    defaults = [name for name in loadgen.DEFAULT_SCENARIOS
+                if context is None or name != "churn"]
+    settings = SimpleNamespace(token=_client_token(token_file), tls=context, **options)
     results = []
-    for name in scenarios or loadgen.DEFAULT_SCENARIOS:
+    for name in scenarios or defaults:
         try:
             results.append(loadgen.run_scenario(name, (host, port), settings))
         except client.Refused as exc:
             click.echo("greencmd: %s: the server refused the token: %s" % (name, exc), err=True)
             sys.exit(client.FAILED)
+        except ssl.SSLError as exc:
+            click.echo("greencmd: %s: TLS with %s:%d failed: %s" % (
+                name, host, port, client_tls_failure(exc)), err=True)
+            sys.exit(client.UNREACHABLE)
         except OSError as exc:
             click.echo("greencmd: %s: cannot reach %s:%d: %s" % (
                 name, host, port, describe_os_error(exc)), err=True)
