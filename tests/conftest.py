@@ -190,6 +190,13 @@ def memory_kib(pid: int, field: str = "VmRSS") -> int:
     raise AssertionError("no %s for %d" % (field, pid))
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (just now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def wait_until(predicate, timeout: float = 15, message: str = "condition") -> None:
     """Poll ``predicate`` until it holds; fail the test if it never does."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import HELP, Server, greencmd_env, run_greencmd
+from conftest import HELP, Server, free_port, greencmd_env, run_greencmd
 
 NOT_FOUND = b"Command not found.\n"
 
@@ -68,11 +68,6 @@ def test_error_replies_exit_1(servers):
         label + b": Command not found." for label in labels(found))
     assert result.stderr == b"2 servers: 0 ok, 2 error replies, 0 unreachable\n"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_an_unreachable_server_is_one_line_and_exit_3(servers):

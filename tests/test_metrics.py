@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
-from conftest import HELP, run_greencmd
+from conftest import HELP, free_port, run_greencmd
 from prometheus_client.parser import text_string_to_metric_families
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def scrape(port: int) -> dict:

@@ -9,13 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import HELP, greencmd_env, read_all, run_greencmd, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from conftest import HELP, free_port, greencmd_env, read_all, run_greencmd, wait_until
 
 
 @pytest.fixture

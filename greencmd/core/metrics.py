@@ -30,11 +30,11 @@ class StatsCollector:
         """Gauges for what is open now, counters for what happened."""
         stats = self.stats
         yield GaugeMetricFamily("greencmd_sessions_open", "Sessions open now.",
-                                value=len(stats.sessions))
+                                value=stats.sessions_open)
         yield GaugeMetricFamily("greencmd_sessions_max", "Sessions allowed at once "
                                 "(--max-clients).", value=stats.sessions_max)
         yield GaugeMetricFamily("greencmd_follows_open", "Follows streaming now.",
-                                value=sum(s.following is not None for s in stats.sessions))
+                                value=stats.follows_open)
         yield CounterMetricFamily("greencmd_sessions_accepted", "Connections accepted, "
                                   "refused ones included.", value=stats.accepted)
         yield CounterMetricFamily("greencmd_sessions_refused", "Connections refused: too many.",
@@ -44,7 +44,7 @@ class StatsCollector:
         commands = CounterMetricFamily("greencmd_commands", "Requests served, by command.",
                                        labels=["command"])
         for word, count in stats.commands.items():
-            commands.add_metric([stats.names[word][len("command_"):]], count)
+            commands.add_metric([stats.labels[word]], count)
         yield commands
 
 
@@ -62,8 +62,7 @@ class Metrics:
 
     def observe(self, word: bytes, seconds: float) -> None:
         """One answered request; only real commands get their own label."""
-        name = self.stats.names.get(word)
-        self.latency.labels(name[len("command_"):] if name else "unknown").observe(seconds)
+        self.latency.labels(self.stats.labels.get(word, "unknown")).observe(seconds)
 
     def page(self) -> bytes:
         """The ``/metrics`` page, in the Prometheus text format."""

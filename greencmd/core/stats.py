@@ -22,7 +22,7 @@ class Stats:
     """Counters of one server process; ``reply()`` is the ``stats`` reply."""
 
     __slots__ = ("engine", "sessions_max", "started", "sessions", "accepted", "refused",
-                 "unknown", "commands", "names")
+                 "unknown", "commands", "labels", "names")
 
     def __init__(self, engine: str, sessions_max: int, names: dict[bytes, str],
                  sessions: Collection) -> None:
@@ -35,10 +35,21 @@ class Stats:
         self.accepted = 0
         self.refused = 0
         self.unknown = 0  # requests answered "Command not found."
-        #: Command word -> its figure's name; every known command, served or not.
-        self.names = {word: "command_" + name.lower().replace("-", "_")
-                      for word, name in names.items()}
+        #: Command word -> its label (``df``, ``my_tool``); every known command.
+        self.labels = {word: name.lower().replace("-", "_") for word, name in names.items()}
+        #: Command word -> its figure's name in the ``stats`` reply.
+        self.names = {word: "command_" + label for word, label in self.labels.items()}
         self.commands = dict.fromkeys(self.names, 0)
+
+    @property
+    def sessions_open(self) -> int:
+        """Sessions open now."""
+        return len(self.sessions)
+
+    @property
+    def follows_open(self) -> int:
+        """Follows streaming now."""
+        return sum(s.following is not None for s in self.sessions)
 
     def served(self, word: bytes) -> None:
         """Count one answered request."""
@@ -54,11 +65,11 @@ class Stats:
             ("engine", self.engine),
             ("pid", os.getpid()),
             ("uptime_seconds", "%.1f" % (time.monotonic() - self.started)),
-            ("sessions_open", len(self.sessions)),
+            ("sessions_open", self.sessions_open),
             ("sessions_max", self.sessions_max),
             ("sessions_accepted", self.accepted),
             ("sessions_refused", self.refused),
-            ("follows_open", sum(s.following is not None for s in self.sessions)),
+            ("follows_open", self.follows_open),
             ("commands_served", sum(self.commands.values()) + self.unknown),
             ("commands_unknown", self.unknown),
         ]

@@ -94,6 +94,21 @@ _server_port = _option("--port", default=protocol.DEFAULT_PORT, type=click.IntRa
                        help="The server's TCP port (for a --host without one).")
 
 
+def _client_tls_files(command):
+    """--cafile, --cert and --key, as the client and bench take them (see _client_tls)."""
+    for option in reversed([
+            click.option("--cafile", default=None, type=click.Path(dir_okay=False),
+                         help="Verify the server against this CA file instead (implies "
+                              "--tls)."),
+            click.option("--cert", default=None, type=click.Path(dir_okay=False),
+                         help="Client certificate (PEM) for mutual TLS (implies --tls); "
+                              "needs --key."),
+            click.option("--key", default=None, type=click.Path(dir_okay=False),
+                         help="Private key of --cert.")]):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="greencmd")
 def cli() -> None:
@@ -336,12 +351,7 @@ def _engine(name: str):
 @click.option("--tls", is_flag=True,
               help="Speak TLS; verify the server's certificate against the system's CAs "
                    "and its host name.")
-@click.option("--cafile", default=None, type=click.Path(dir_okay=False),
-              help="Verify the server against this CA file instead (implies --tls).")
-@click.option("--cert", default=None, type=click.Path(dir_okay=False),
-              help="Client certificate (PEM) for mutual TLS (implies --tls); needs --key.")
-@click.option("--key", default=None, type=click.Path(dir_okay=False),
-              help="Private key of --cert.")
+@_client_tls_files
 @click.option("--hosts-file", default=None, type=click.Path(dir_okay=False),
               help="More servers, one HOST, HOST:PORT or [IPV6]:PORT per line, optionally "
                    "in [group] sections with [group:vars] settings (tls, cafile, cert, key, "
@@ -537,12 +547,7 @@ compare.help = compare.help.format(names=textwrap.fill(
                    "its exit needs none.")
 @click.option("--tls", is_flag=True, help="Speak TLS, verifying the server against the "
               "system's CAs (churn, which measures plain TCP connects, is left out).")
-@click.option("--cafile", default=None, type=click.Path(dir_okay=False),
-              help="Verify the server against this CA file instead (implies --tls).")
-@click.option("--cert", default=None, type=click.Path(dir_okay=False),
-              help="Client certificate (PEM) for mutual TLS (implies --tls); needs --key.")
-@click.option("--key", default=None, type=click.Path(dir_okay=False),
-              help="Private key of --cert.")
+@_client_tls_files
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(host: str, port: int, scenarios: tuple[str, ...], as_json: bool,
           token_file: str | None, tls: bool, cafile: str | None, cert: str | None,
