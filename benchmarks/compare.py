@@ -1,18 +1,22 @@
-"""The three engines (gevent, the Twisted twin, asyncio), side by side, in one run.
+"""The three engines (gevent, the Twisted twin, asyncio) and the floor, side by side, in one run.
 
     python benchmarks/compare.py [--reps 3] [--seconds 5] [--only NAME ...]
+                                 [--engines gevent twisted asyncio floor]
                                  [--json out.json] [--plot out.png]
 
 Each scenario starts a fresh server of each engine on a free port, pinned to
 CPU 0 (except comhash, whose point is using every CPU), runs `greencmd bench`
-pinned to CPU 1, and stops the server. Engines alternate in order from one
-repetition to the next. Prints the machine, the commands, the median of each
-engine and, for each repetition, gevent's figure over each other engine's.
+pinned to CPU 1, and stops the server. ``floor`` is ``benchmarks/floor.py``,
+the plainest gevent server answering the same commands. Engines alternate in
+order from one repetition to the next. Prints the machine, the commands, the
+median of each engine, for each repetition gevent's figure over each other
+engine's, and each engine's server CPU per operation over the floor's.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -26,7 +30,8 @@ import threading
 from importlib import metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGINES = ("gevent", "twisted", "asyncio")
+ENGINES = ("gevent", "twisted", "asyncio", "floor")
+FLOOR = os.path.join(REPO, "benchmarks", "floor.py")
 
 # name: (bench scenario, serve options, bench options, pin the server)
 SCENARIOS = {
@@ -50,11 +55,14 @@ def taskset(cpu: str) -> list[str]:
 
 def start_server(engine: str, options: list[str], pin: bool, workdir: str):
     """Start a server; return (process, port)."""
-    log = os.path.join(workdir, "server-%s.log" % engine)
-    command = (taskset("0") if pin else []) + [
-        sys.executable, "-m", "greencmd", "serve", "--engine", engine, "--port", "0",
-        "--log-file", log, "--lastlog-file", os.path.join(workdir, "source.log"),
-        "--max-clients", "6000", *options]
+    source = os.path.join(workdir, "source.log")
+    if engine == "floor":  # no options: it has no log, no limits
+        command = [sys.executable, FLOOR, "--lastlog-file", source]
+    else:
+        command = [sys.executable, "-m", "greencmd", "serve", "--engine", engine, "--port",
+                   "0", "--log-file", os.path.join(workdir, "server-%s.log" % engine),
+                   "--lastlog-file", source, "--max-clients", "6000", *options]
+    command = (taskset("0") if pin else []) + command
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, PYTHONPATH=REPO))
     for raw in proc.stdout:
@@ -123,6 +131,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), default=None)
+    parser.add_argument("--engines", nargs="*", choices=ENGINES, default=list(ENGINES),
+                        help="gevent is always measured: the ratios are over it")
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--sweep-only", action="store_true",
                         help="only the replies/s-against-connections sweep and its plot")
@@ -130,18 +140,19 @@ def main() -> None:
     parser.add_argument("--plot", default=None)
     args = parser.parse_args()
     names = [] if args.sweep_only else (args.only or list(SCENARIOS))
+    engines = tuple(e for e in ENGINES if e in args.engines or e == "gevent")
     print("machine: %s" % machine())
     print("server pinned with `taskset -c 0` (comhash: unpinned), "
           "`greencmd bench` with `taskset -c 1`\n")
-    results: dict[str, dict[str, list[dict]]] = {n: {e: [] for e in ENGINES} for n in names}
-    sweep: dict[int, dict[str, list[dict]]] = {c: {e: [] for e in ENGINES} for c in SWEEP}
+    results: dict[str, dict[str, list[dict]]] = {n: {e: [] for e in engines} for n in names}
+    sweep: dict[int, dict[str, list[dict]]] = {c: {e: [] for e in engines} for c in SWEEP}
     with tempfile.TemporaryDirectory(prefix="greencmd-compare-") as workdir:
         with open(os.path.join(workdir, "source.log"), "w") as f:
             f.writelines("Nov 26 12:00:%02d host app[1]: line %d of a fixed log\n" % (i, i)
                          for i in range(40))
         for rep in range(args.reps):
             # Rotate the order each repetition: no engine always runs first.
-            order = ENGINES[rep % len(ENGINES):] + ENGINES[:rep % len(ENGINES)]
+            order = engines[rep % len(engines):] + engines[:rep % len(engines)]
             for name in names:
                 for engine in order:
                     sys.stderr.write("rep %d/%d: %s, %s\n" % (rep + 1, args.reps, name, engine))
@@ -154,49 +165,58 @@ def main() -> None:
                         sweep[connections][engine].append(
                             {"rate": result["rate"], "us": result["server_us_per_op"]})
     if names:
-        report(names, results, args.reps)
+        report(names, results, engines)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": machine(), "results": results,
                        "sweep": {str(k): v for k, v in sweep.items()}}, f, indent=1)
     if args.plot and not args.no_sweep:
-        plot(sweep, args.plot)
+        plot(sweep, args.plot, engines)
 
 
-def report(names: list[str], results: dict, reps: int) -> None:
-    """Print medians and per-repetition ratios (gevent over each engine) as Markdown."""
-    others = ENGINES[1:]
-    print("| scenario | unit | %s | %s | server µs/op %s | p99 ms %s | errors |" % (
-        " | ".join("%s (median)" % e for e in ENGINES),
+def per_rep(runs: dict, top: str, bottom: str, figure) -> str:
+    """``figure(top run) / figure(bottom run)`` for each repetition, as text."""
+    return ", ".join("%.2f" % (figure(t) / figure(b)) if figure(b) else "-"
+                     for t, b in zip(runs[top], runs[bottom], strict=True))
+
+
+def report(names: list[str], results: dict, engines: tuple[str, ...]) -> None:
+    """Print medians and per-repetition ratios as Markdown: gevent's figure over each
+    other engine's, and each engine's server CPU per operation over the floor's."""
+    others = engines[1:]
+    engines_cpu = [e for e in engines if e != "floor"] if "floor" in engines else []
+    print("| scenario | unit | %s | %s | server µs/op %s | %s | p99 ms %s | errors |" % (
+        " | ".join("%s (median)" % e for e in engines),
         " | ".join("gevent/%s per rep" % e for e in others),
-        " / ".join(ENGINES), " / ".join(ENGINES)))
-    print("|" + " --- |" * (2 * len(ENGINES) + 4))
+        " / ".join(engines), " | ".join("µs/op %s/floor per rep" % e for e in engines_cpu),
+        " / ".join(engines)))
+    print("|" + " --- |" * (2 * len(engines) + len(engines_cpu) + 4))
     for name in names:
         runs = results[name]
         unit = "KiB RSS/session" if name == "idle" else runs["gevent"][0]["unit"]
-        medians = {e: statistics.median(value(r, name) for r in runs[e]) for e in ENGINES}
-        ratios = [", ".join("%.2f" % (value(g, name) / value(o, name))
-                            for g, o in zip(runs["gevent"], runs[e], strict=True))
-                  for e in others]
+        medians = {e: statistics.median(value(r, name) for r in runs[e]) for e in engines}
+        ratios = [per_rep(runs, "gevent", e, functools.partial(value, name=name)) for e in others]
+        over_floor = [per_rep(runs, e, "floor", lambda r: r["server_us_per_op"] or 0)
+                      for e in engines_cpu]
         cost = {e: statistics.median(r["server_us_per_op"] or 0 for r in runs[e])
-                for e in ENGINES}
-        p99 = {e: statistics.median(r["p99_ms"] or 0 for r in runs[e]) for e in ENGINES}
-        errors = sum(r["errors"] for e in ENGINES for r in runs[e])
-        print("| %s | %s | %s | %s | %s | %s | %d |" % (
-            name, unit, " | ".join("%.1f" % medians[e] for e in ENGINES), " | ".join(ratios),
-            " / ".join("%.1f" % cost[e] for e in ENGINES),
-            " / ".join("%.1f" % p99[e] for e in ENGINES), errors))
+                for e in engines}
+        p99 = {e: statistics.median(r["p99_ms"] or 0 for r in runs[e]) for e in engines}
+        errors = sum(r["errors"] for e in engines for r in runs[e])
+        print("| %s | %s | %s | %s | %s | %s | %s | %d |" % (
+            name, unit, " | ".join("%.1f" % medians[e] for e in engines), " | ".join(ratios),
+            " / ".join("%.1f" % cost[e] for e in engines), " | ".join(over_floor),
+            " / ".join("%.1f" % p99[e] for e in engines), errors))
         if name == "comhash":
-            for e in ENGINES:
+            for e in engines:
                 print("|  | comhash %s vs hashlib single thread | %s |"
                       % (e, [r["extra"]["vs_hashlib"] for r in runs[e]]))
         if name == "idle":
-            for e in ENGINES:
+            for e in engines:
                 print("|  | unknown beside 5,000 idle, %s (replies/s) | %s |"
                       % (e, [round(r["rate"]) for r in runs[e]]))
 
 
-def plot(sweep: dict, path: str) -> None:
+def plot(sweep: dict, path: str, engines: tuple[str, ...]) -> None:
     """replies/s against connections, every engine (needs matplotlib: the bench extra)."""
     import matplotlib
 
@@ -204,7 +224,7 @@ def plot(sweep: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (rates, costs) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for engine in ENGINES:
+    for engine in engines:
         rates.plot(SWEEP, [statistics.median(r["rate"] for r in sweep[c][engine])
                            for c in SWEEP], marker="o", label=engine)
         costs.plot(SWEEP, [statistics.median(r["us"] or 0 for r in sweep[c][engine])

@@ -1,90 +1,92 @@
-"""What the plainest gevent server costs: the floor under greencmd's gevent engine.
+"""The floor under greencmd's gevent engine: the plainest gevent server, same commands.
 
-    python benchmarks/floor.py [--idle 5000] [--reps 3]
+    python benchmarks/floor.py [--port 0] [--lastlog-file FILE] [--threads N]
+    python benchmarks/compare.py        # measures it beside the engines: the `floor` column
 
-Starts a bare ``StreamServer`` whose handler answers every chunk it receives
-in a ``recv()`` loop with greencmd's reply (``help`` or ``Command not found.``:
-no framing, no timeouts, no log), pinned to CPU 0, and runs ``greencmd bench`` against it
-pinned to CPU 1, as ``benchmarks/compare.py`` does for greencmd:
+One greenlet per connection (``StreamServer``), a ``recv()`` loop cut into lines,
+and for each line the reply greencmd gives, byte for byte:
 
-- ``idle``: server memory per idle connection, one greenlet blocked in ``recv()``;
-- ``unknown`` (50 connections): server CPU per reply, a greenlet switch and a
-  ``recv()``/``send()`` per request.
+- ``help`` and unknown words: a constant;
+- ``lastlog [N]``: the stdlib's ``subprocess.run(["tail", ...])`` on a gevent
+  ``ThreadPool`` (the thread blocks, the greenlet waits for it), framed with
+  greencmd's ``lastlog_reply``;
+- ``comhash PATH``: greencmd's ``hash_file`` on the same pool;
+- ``exit``/``quit``: the handler returns, StreamServer closes the socket.
 
-What greencmd spends above these numbers is its own work: framing, parsing,
-dispatch, limits, timeouts and the log.
+Nothing else: no limits, no timeouts, no log, no checks of bad input, no
+shutdown. What greencmd spends above this server on the same load is the cost
+of what greencmd does that this does not. It prints the ``starting on`` line
+the engines print, so ``compare.py`` starts it as it starts them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
 
-from compare import taskset  # the same pinning as the side-by-side runs
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-SERVER = """
 from gevent.server import StreamServer
-HELP, NOT_FOUND = %r, %r
+from gevent.threadpool import ThreadPool
 
-def handle(sock, address):
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            break
-        sock.sendall(HELP if data.startswith(b"help") else NOT_FOUND)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-server = StreamServer(("127.0.0.1", 0), handle, backlog=4096)
-server.start()
-print(server.address[1], flush=True)
-server.serve_forever()
-"""
+from greencmd.core import protocol  # noqa: E402
+from greencmd.core.hashing import hash_file  # noqa: E402
+
+#: As many threads as greencmd runs children at once (processes.AT_ONCE).
+THREADS = max(4, 2 * (os.cpu_count() or 1))
 
 
-def bench(scenario: str, options: list[str]) -> dict:
-    """One ``greencmd bench`` scenario against a fresh bare server; its JSON result."""
-    sys.path.insert(0, REPO)
-    from greencmd.core import protocol
+def tail(path: str, count: bytes) -> bytes:
+    """``tail -n COUNT -- PATH``'s output, run by the stdlib on this thread."""
+    argv = ["tail", "-n", count.decode() if count else "10", "--", path]
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True).stdout
 
-    server = subprocess.Popen(taskset("0") + [
-        sys.executable, "-c", SERVER % (protocol.HELP, protocol.COMMAND_NOT_FOUND)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        port = int(server.stdout.readline())
-        out = subprocess.run(taskset("1") + [
-            sys.executable, "-m", "greencmd", "bench", "--port", str(port), "--server-pid",
-            str(server.pid), "--json", scenario, *options],
-            capture_output=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
-        result = json.loads(out.stdout)[0]
-        if result["errors"]:
-            raise SystemExit("floor.py: %s: %s" % (scenario, "; ".join(result["examples"])))
-        return result
-    finally:
-        server.kill()
-        server.wait()
+
+def serve(port: int, lastlog_file: str, threads: int) -> None:
+    """Answer every connection until killed."""
+    pool = ThreadPool(threads)
+
+    def answer(line: bytes) -> bytes | None:
+        word, _, arg = line.strip().partition(b" ")
+        if word == b"help":
+            return protocol.HELP
+        if word == b"lastlog":
+            return protocol.lastlog_reply(pool.apply(tail, (lastlog_file, arg)))
+        if word == b"comhash":
+            return pool.apply(hash_file, (arg, None))
+        if word in (b"exit", b"quit"):
+            return None
+        return protocol.COMMAND_NOT_FOUND
+
+    def handle(sock, address) -> None:
+        pending = b""
+        while data := sock.recv(65536):
+            *lines, pending = (pending + data).split(b"\n")
+            replies = []
+            for line in lines:
+                reply = answer(line)
+                if reply is None:
+                    sock.sendall(b"".join(replies))
+                    return
+                replies.append(reply)
+            sock.sendall(b"".join(replies))
+
+    server = StreamServer(("127.0.0.1", port), handle, backlog=4096)
+    server.start()
+    print("floor server starting on 127.0.0.1:%d" % server.address[1], flush=True)
+    server.serve_forever()
 
 
 def main() -> None:
-    """Measure the bare server; print memory per idle connection and CPU per reply."""
+    """Parse the options and serve."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--idle", type=int, default=5000)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--lastlog-file", default="/var/log/syslog")
+    parser.add_argument("--threads", type=int, default=THREADS)
     args = parser.parse_args()
-    idle = [bench("idle", ["--seconds", "1", "--idle", str(args.idle)])
-            for _ in range(args.reps)]
-    unknown = [bench("unknown", ["--seconds", str(args.seconds), "-c", "50"])
-               for _ in range(args.reps)]
-    print("bare StreamServer handler, median of %d:" % args.reps)
-    print("  idle: %.2f KiB per idle connection" % statistics.median(
-        r["extra"]["rss_kib_per_session"] for r in idle))
-    print("  unknown, 50 connections: %.1f µs of server CPU per reply" % statistics.median(
-        r["server_us_per_op"] for r in unknown))
+    serve(args.port, args.lastlog_file, args.threads)
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ def test_follow_start_reads_whole_lines_and_starts_tail_after_them(tmp_path):
     source.write_bytes(b"1\n2\n==> h <==\n3\nhalf")
     start = follow_start(b"2", source)
     assert start.backlog == b"3\n"  # tail counts the header line, follow leaves it out
-    assert start.argv == ["tail", "-c", "+%d" % (len(b"1\n2\n==> h <==\n3\n") + 1), "-F",
+    assert start.argv == [logtail.TAIL, "-c", "+%d" % (len(b"1\n2\n==> h <==\n3\n") + 1), "-F",
                           "--", str(source)]
     everything = follow_start(b"1000", source)
     assert everything.backlog == b"1\n2\n3\n"

@@ -83,6 +83,8 @@ def remove_socket(path: str) -> None:
 
 def peer_name(sock: socket.socket, address: object) -> str:
     """The peer as the log shows it: its IP address, or ``unix:uid=UID``."""
+    if isinstance(address, tuple) and address[0]:  # IP: sock.family is slow in gevent
+        return address[0]
     if sock.family != socket.AF_UNIX:
         return address[0]
     try:

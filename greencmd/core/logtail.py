@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 from typing import NamedTuple
 
@@ -21,6 +22,9 @@ from .settings import LASTLOG_CANDIDATES, ServerConfig
 __all__ = ["LASTLOG_MAX_BYTES", "LastlogSource", "lastlog_argv", "lastlog_result",
            "lastlog_timed_out", "FollowStart", "follow_count", "follow_start"]
 
+#: ``tail``, found on PATH once: each spawn would otherwise search PATH again, in
+#: Python before the fork and with an execve per directory after it.
+TAIL = shutil.which("tail") or "tail"
 #: Most ``tail`` output a lastlog reply may carry; a log of giant lines is refused.
 LASTLOG_MAX_BYTES = 4 << 20
 
@@ -66,7 +70,7 @@ def lastlog_argv(arg: bytes, source: LastlogSource) -> list[str]:
     line count, that there is a source, and that it can be read.
     """
     count = _checked_source("lastlog", arg, source)
-    return ["tail", "-n", str(count), "--", source.path]
+    return [TAIL, "-n", str(count), "--", source.path]
 
 
 def _checked_source(command: str, arg: bytes, source: LastlogSource) -> int:
@@ -117,7 +121,7 @@ def follow_start(path: str, count: int) -> FollowStart | bytes:
         return protocol.error("follow of %r: the last %d lines are over %d MiB; ask for "
                               "fewer lines" % (path, count, LASTLOG_MAX_BYTES >> 20))
     return FollowStart(protocol.log_lines(backlog),
-                       ["tail", "-c", "+%d" % (offset + 1), "-F", "--", path])
+                       [TAIL, "-c", "+%d" % (offset + 1), "-F", "--", path])
 
 
 def _last_lines(path: str, count: int) -> tuple[bytes | None, int]:

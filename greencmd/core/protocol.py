@@ -120,6 +120,11 @@ class LineBuffer:
             return self._overflow(lines)
         return lines
 
+    @property
+    def holding(self) -> bool:
+        """True while part of a line (no LF yet) is held."""
+        return bool(self._pending)
+
     def finish(self) -> list[bytes]:
         """At end of input: the last line if it had no LF (the spec counts it)."""
         last, self._pending = self._pending, b""

@@ -28,14 +28,14 @@ import socket
 import time
 
 import gevent
+from gevent.ssl import SSLSocket
 
 from ..core import protocol
 from ..core.logs import IDLE, RESET
 from ..core.settings import LINGER_BYTES, LINGER_SECONDS, RECV_SIZE
-from ..core.tls import is_tls
 
 __all__ = ["Connection", "LineTooLong", "IdleTimeout", "ClientGone", "OtherProtocol",
-           "nothing_unread", "nothing_pending", "linger", "close_tls"]
+           "nothing_pending", "linger", "close_tls"]
 
 
 class LineTooLong(Exception):
@@ -186,9 +186,11 @@ class Connection:
         """Send what is owed and ``goodbye``, and let the client go; never raises.
 
         ``goodbye`` None: the client is gone; send nothing. b"": a clean end (exit
-        or EOF); if the client sent nothing more, the close can come at once.
-        Otherwise, or after a last line, linger so the replies survive
-        (:func:`linger`). StreamServer closes the socket when the handler returns.
+        or EOF); if nothing the client sent is left unread here, the close can
+        come at once (the rule of the other engines, which look at what they
+        have read, too). Otherwise, or after a last line, linger so the replies
+        survive (:func:`linger`). StreamServer closes the socket when the handler
+        returns.
         """
         self.idle_since = None  # no longer waiting for a request: not the reaper's
         if goodbye is None or self.sending:  # gone, or a reply was cut: say nothing more
@@ -200,15 +202,10 @@ class Connection:
             self.flush()
         except ClientGone:
             return
-        if is_tls(self.sock):
+        if isinstance(self.sock, SSLSocket):
             close_tls(self.sock)
-        elif goodbye or not nothing_unread(self.sock):
+        elif goodbye or self.lines or self.buffer.holding:
             linger(self.sock)
-
-
-def nothing_unread(sock: socket.socket) -> bool:
-    """True when the client has sent no byte we have not read (EOF may be pending)."""
-    return peek(sock) in (None, b"")
 
 
 def nothing_pending(sock: socket.socket) -> bool:
@@ -236,7 +233,7 @@ def peek_or_raise(sock: socket.socket) -> bytes:
     A TLS socket cannot peek (decrypting consumes), so its descriptor is peeked
     as the plain TCP socket it is: any byte there is the client sending something.
     """
-    if is_tls(sock):
+    if isinstance(sock, SSLSocket):
         if sock.pending():
             return b"?"  # decrypted and waiting to be read
         plain = socket.socket(fileno=sock.fileno())  # the same descriptor, not a copy

@@ -52,17 +52,15 @@ def _run(argv: list[str], timeout: float, limit: int) -> Finished:
     child = start(argv)
     # Two pipes read at once, each by its own greenlet: a child that fills
     # stderr while we wait on stdout must not block.
-    stdout = gevent.spawn(read_capped, child, child.stdout, limit)
-    stderr = gevent.spawn(read_last, child.stderr, STDERR_KEPT)
+    readers = [gevent.spawn(read_capped, child, child.stdout, limit),
+               gevent.spawn(read_last, child.stderr, STDERR_KEPT)]
     try:
         with gevent.Timeout(timeout, TimedOut):
             status = child.wait()
             kill_group(child)
-            output, errors = stdout.get(), stderr.get()
+            output, errors = readers[0].get(), readers[1].get()
     finally:
-        # Nothing here waits: a second kill landing in cleanup must not skip the reap.
-        gevent.killall([stdout, stderr], block=False)
-        kill_and_reap(child)
+        kill_and_reap(child, readers)
     if output is None:
         raise TooMuchOutput()
     return Finished(status, output, errors)
@@ -94,16 +92,29 @@ def kill_group(child: Popen) -> None:
     kill_session(child.pid)
 
 
-def kill_and_reap(child: Popen) -> None:
-    """Kill ``child`` and all it started, close its pipes, and reap it.
+def kill_and_reap(child: Popen, readers: list[gevent.Greenlet] = ()) -> None:
+    """Kill ``child`` and all it started, end its ``readers``, close its pipes, reap it.
 
-    The reap is a greenlet of its own, which a kill of this one cannot stop:
-    cleanup that waits could be interrupted by a second kill (a reset during
-    shutdown), leaving a zombie behind.
+    When all is over already (the usual end), that is closing two pipes.
+    Otherwise the work is a greenlet of its own, which a kill of this one cannot
+    stop: cleanup that waits could be interrupted by a second kill (a reset
+    during shutdown), leaving a zombie or an open pipe behind.
     """
+    if child.returncode is None or not all(reader.dead for reader in readers):
+        gevent.spawn(_clean_up, child, readers).join()
+    else:
+        _close_pipes(child)
+
+
+def _clean_up(child: Popen, readers: list[gevent.Greenlet]) -> None:
+    gevent.killall(readers)  # before their pipes close: none may wait on a closed one
+    _close_pipes(child)
+    if child.returncode is None:
+        kill_group(child)
+        child.wait()
+
+
+def _close_pipes(child: Popen) -> None:
     for stream in (child.stdout, child.stderr):
         if stream is not None:
             stream.close()
-    if child.returncode is None:
-        kill_group(child)
-        gevent.spawn(child.wait).join()

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import gevent
 from gevent import GreenletExit
@@ -159,18 +157,21 @@ class Session:
             if not command.waits:
                 return command.run(self.state, request.arg, self.system)
             self.conn.flush()  # replies owed go out before a command that may take a while
-            with watched_for_reset(self.conn.sock):
+            watcher = watch_for_reset(self.conn.sock)
+            try:
                 return command.run(self.state, request.arg, self.system)
+            finally:
+                watcher.kill(block=False)
         except Exception as exc:  # a bug of ours or a plugin's: one request lost, not the session
             return internal_error(request.word, exc, self.system)
 
 
-@contextmanager
-def watched_for_reset(sock: socket.socket) -> Iterator[None]:
-    """While the body runs, a client reset raises :class:`ClientGone` in this greenlet.
+def watch_for_reset(sock: socket.socket) -> gevent.Greenlet:
+    """Until the greenlet returned is killed, a client reset raises :class:`ClientGone`
+    in this greenlet.
 
-    A client that reset before the body starts gets no work done for it at all
-    (a reset storm must not start a ``tail`` per gone client).
+    A client that reset already gets no work done for it at all: ClientGone at
+    once (a reset storm must not start a ``tail`` per gone client).
     """
     try:
         peek_or_raise(sock)
@@ -178,11 +179,7 @@ def watched_for_reset(sock: socket.socket) -> Iterator[None]:
         pass  # nothing from the client: the usual case
     except OSError:
         raise ClientGone() from None
-    watcher = gevent.spawn(kill_on_reset, sock, gevent.getcurrent())
-    try:
-        yield
-    finally:
-        watcher.kill(block=False)
+    return gevent.spawn(kill_on_reset, sock, gevent.getcurrent())
 
 
 def kill_on_reset(sock: socket.socket, session: gevent.Greenlet) -> None:

@@ -80,7 +80,7 @@ PAIRS = [
          "gevent costs more here: a watcher greenlet per waiting command notices a reset, "
          "which Twisted's reactor reports by itself (connectionLost); asyncio needs a "
          "watcher task too (until_reset).",
-         _engines("session.py", ("Session.run", "watched_for_reset", "kill_on_reset"),
+         _engines("session.py", ("Session.run", "watch_for_reset", "kill_on_reset"),
                   ("CommandSession.connectionLost", "CommandSession.readConnectionLost",
                    "CommandSession.finish_at_eof"),
                   ("Session.run", "until_reset"))),
@@ -113,11 +113,11 @@ PAIRS = [
          "alone reads plainer but spawns 3x slower. asyncio's Process.wait() also waits "
          "for the child's pipes, so the exit is awaited on a pidfd there too.",
          _engines("processes.py", ("run", "read_capped", "read_last", "kill_group",
-                                   "kill_and_reap"),
+                                   "kill_and_reap", "_clean_up"),
                   ("spawn", "SessionChild", "ChildProtocol", "run"),
                   ("start", "run", "_complete", "exited", "read_capped", "read_last",
                    "kill_group"),
-                  gevent=(Part("gevent_engine/fast_subprocess.py", ("Popen",)),))),
+                  gevent=(Part("gevent_engine/fast_subprocess.py", ("Popen", "Pipe")),))),
     Pair("follow", "follow: stream tail -F to the client until a line stops it; a client "
          "that stops reading stalls only its own follow.", "",
          _engines("follow.py", ("follow", "wait_for_stop"),
