@@ -1,7 +1,9 @@
 """serve --workers N: processes sharing one port, supervised."""
 
 import os
+import re
 import signal
+import threading
 
 import pytest
 from conftest import HELP, Server, greencmd_env, read_all, read_until, run_greencmd, wait_until
@@ -110,3 +112,38 @@ def is_zombie(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
     except OSError:
         return True
+
+
+#: One whole log line, as every line of stdout and of the log file must be.
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] [^\n]+")
+
+
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["PYTHONUNBUFFERED", "buffered"])
+def test_workers_sharing_stdout_and_the_log_file_never_split_a_line(tmp_path, engine,
+                                                                   unbuffered):
+    env = {k: v for k, v in greencmd_env().items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    log = tmp_path / "w.log"
+    server = Server(["--engine", engine, "--port", "0", "--workers", "2", "--log-file",
+                     str(log), "--max-clients", "200"], tmp_path, env)
+    try:
+        wait_until(lambda: len(worker_pids(server)) == 2, 15, "two workers")
+        server.wait_for_count("Serving in worker process", 2)
+
+        def hammer() -> None:  # both workers log at once, far more than a buffer per flush
+            for _ in range(5):
+                assert server.talk(b"help\n" * 1000) == HELP * 1000
+
+        threads = [threading.Thread(target=hammer) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert server.stop() == 0
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+    file_lines = log.read_text().splitlines()
+    assert len(file_lines) > 30000  # a line per request
+    assert [line for line in server.lines + file_lines if not LOG_LINE.fullmatch(line)] == []

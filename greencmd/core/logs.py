@@ -12,9 +12,10 @@ import atexit
 import json
 import logging
 import os
+import select
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from logging.handlers import RotatingFileHandler
 from typing import TextIO
 
@@ -71,15 +72,41 @@ class TwistedFormatter(logging.Formatter):
 
 #: Longest a log line waits in a buffer once the engine's timer is installed.
 FLUSH_DELAY = 0.05
+#: Most bytes one write() to a pipe delivers whole, beside other writers.
+PIPE_BUF = getattr(select, "PIPE_BUF", 512)
+
+
+def line_bytes(line: str) -> int:
+    """How many bytes ``line`` takes in the log (UTF-8, as the log file writes it)."""
+    return len(line) if line.isascii() else len(line.encode("utf-8", "backslashreplace"))
+
+
+def runs_within(lines: list[str], limit: int, used: int = 0) -> Iterator[tuple[list[str], int]]:
+    """``lines`` cut into runs of at most ``limit`` bytes, each with the bytes it fills.
+
+    The first run starts ``used`` bytes full (it may then be empty, and its
+    figure counts ``used``). A line longer than ``limit`` makes a run of its
+    own: nothing is ever dropped or cut.
+    """
+    run: list[str] = []
+    size = used
+    for line in lines:
+        length = line_bytes(line)
+        if size and size + length > limit:
+            yield run, size
+            run, size = [], 0
+        run.append(line)
+        size += length
+    yield run, size
 
 
 class BufferedStreamHandler(logging.StreamHandler):
-    """Writes the lines :func:`log` was given in batches: one write() per flush, of whole lines.
+    """Writes the lines :func:`log` was given in batches, a few KiB of whole lines per write().
 
     A write() per line costs more than answering a command (stdout with
     ``PYTHONUNBUFFERED=1``, common in containers, would write each line as it
-    comes). Every write ends at the end of a line: workers sharing stdout or
-    the log file never cut one another's lines.
+    comes). Every write is whole lines, and small enough that workers sharing
+    stdout or the log file never cut one another's lines.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -90,16 +117,24 @@ class BufferedStreamHandler(logging.StreamHandler):
             self.handleError(record)
 
     def write_lines(self, lines: list[str]) -> None:
-        """Write ``lines`` (each with its LF) in one write; never raises.
+        """Write ``lines`` (each with its LF), a few KiB per write(); never raises.
 
-        The log must never take a session down: a stream that is gone (stdout
-        closed, disk full) loses the lines, and the other handlers still get them.
+        A write() to a pipe is whole only up to PIPE_BUF bytes: a larger one can
+        be cut by another worker's. So each write holds whole lines, at most
+        PIPE_BUF bytes of them (a longer line goes alone). The log must never take
+        a session down: a stream that is gone (stdout closed, disk full) loses the
+        lines, and the other handlers still get them.
         """
         try:
-            self.stream.write("".join(lines))
-            self.stream.flush()
+            for run, _ in runs_within(lines, PIPE_BUF):
+                if run:
+                    self._write("".join(run))
         except (OSError, ValueError):
             pass
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
 
     def flush(self) -> None:
         """Flush the stream; never raises (see :meth:`write_lines`)."""
@@ -201,16 +236,11 @@ class LogFileHandler(BufferedStreamHandler, RotatingFileHandler):
         if not self.maxBytes:
             super().write_lines(lines)
             return
-        start = 0
-        for end, line in enumerate(lines):
-            size = len(line) if line.isascii() else len(line.encode("utf-8", "backslashreplace"))
-            if self.written and self.written + size > self.maxBytes:
-                super().write_lines(lines[start:end])
-                start = end
+        for number, (run, size) in enumerate(runs_within(lines, self.maxBytes, self.written)):
+            if number:  # the run before filled the file
                 self.doRollover()
-                self.written = 0
-            self.written += size
-        super().write_lines(lines[start:])
+            super().write_lines(run)
+            self.written = size
 
     def reopen(self) -> None:
         """Close and reopen the file, e.g. after logrotate moved it (SIGHUP)."""
