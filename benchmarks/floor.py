@@ -33,14 +33,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from greencmd.core import protocol  # noqa: E402
 from greencmd.core.hashing import hash_file  # noqa: E402
+from greencmd.gevent_engine.processes import AT_ONCE  # noqa: E402
 
-#: As many threads as greencmd runs children at once (processes.AT_ONCE).
-THREADS = max(4, 2 * (os.cpu_count() or 1))
+#: As many threads as greencmd runs children at once.
+THREADS = AT_ONCE
 
 
 def tail(path: str, count: bytes) -> bytes:
     """``tail -n COUNT -- PATH``'s output, run by the stdlib on this thread."""
-    argv = ["tail", "-n", count.decode() if count else "10", "--", path]
+    argv = ["tail", "-n", (count or b"%d" % protocol.LASTLOG_DEFAULT_LINES).decode(), "--", path]
     return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True).stdout
 
 
