@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import HELP, Server, greencmd_env, read_all, read_until, run_greencmd, wait_until
 
+from greencmd.core import logs
+
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4} \[[^\]]+\] \S.*$")
 
 
@@ -113,6 +115,33 @@ def test_log_file_rotates_by_size_keeping_the_newest_files(start_server, tmp_pat
     numbers = [int(n) for n in re.findall(rb"request (\d{3})", text)]
     assert numbers == sorted(numbers) and numbers[-1] == 119
     assert text.endswith(b"Main loop terminated.\n")
+
+
+def test_rotation_counts_bytes_not_characters(start_server, tmp_path):
+    log = tmp_path / "utf8.log"
+    server = start_server("--log-file", str(log), "--log-max-size", "2K", "--log-keep", "3")
+    server.talk("".join("réquête %03d €\n" % i for i in range(60)).encode())
+    assert server.stop() == 0
+    text = b""
+    for name in ("utf8.log.3", "utf8.log.2", "utf8.log.1", "utf8.log"):
+        data = (tmp_path / name).read_bytes()
+        assert len(data) <= 2048 and data.endswith(b"\n")
+        text += data
+    numbers = [int(n) for n in re.findall(r"réquête (\d{3}) €", text.decode())]
+    assert numbers[-1] == 59 and numbers == sorted(numbers)
+
+
+@pytest.mark.parametrize("char", ["a", "é", "😀", "\udcff"])
+def test_log_writes_are_whole_lines_of_at_most_pipe_buf_bytes(char):
+    lengths = [0, 1, 70, 700, 4095, 4096, 9000, 3, 2000, 2000, 2000]
+    text = "".join(char * n + "\n" for n in lengths)
+    written = list(logs.pieces(text, logs.PIPE_BUF))
+    assert "".join(written) == text
+    for piece in written:
+        assert piece.endswith("\n")
+        if logs.line_bytes(piece) > logs.PIPE_BUF:  # only a line that long alone
+            assert piece.count("\n") == 1 and len(piece) > logs.PIPE_BUF // 6
+    assert len(written) < len(lengths)  # short lines do share a write
 
 
 def test_log_max_size_0_never_rotates(start_server, tmp_path):

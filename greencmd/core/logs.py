@@ -62,12 +62,19 @@ class TwistedFormatter(logging.Formatter):
 
     def line(self, created: float, system: str, message: str) -> str:
         """The log line for ``message`` from ``system`` at time ``created``, with its LF."""
-        second = int(created)
-        # One strftime per second, not per line: it dominates a busy log otherwise.
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S%z", time.localtime(second))
-        return "%s [%s] %s\n" % (self._stamp, system, message)
+        return self.lines([(created, system, message)])
+
+    def lines(self, entries: list[tuple]) -> str:
+        """The log lines of ``entries``, (time, system, message, ...) each, as one text."""
+        parts = []
+        for entry in entries:
+            second = int(entry[0])
+            # One strftime per second, not per line: it dominates a busy log otherwise.
+            if second != self._second:
+                self._second = second
+                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S%z", time.localtime(second))
+            parts.append("%s [%s] %s\n" % (self._stamp, entry[1], entry[2]))
+        return "".join(parts)
 
 
 #: Longest a log line waits in a buffer once the engine's timer is installed.
@@ -79,6 +86,27 @@ PIPE_BUF = getattr(select, "PIPE_BUF", 512)
 def line_bytes(line: str) -> int:
     """How many bytes ``line`` takes in the log (UTF-8, as the log file writes it)."""
     return len(line) if line.isascii() else len(line.encode("utf-8", "backslashreplace"))
+
+
+def pieces(text: str, limit: int) -> Iterator[str]:
+    """``text`` (whole lines) cut at line ends into pieces of at most ``limit`` bytes.
+
+    A line longer than ``limit`` is a piece of its own: nothing is ever dropped
+    or cut inside a line. The usual batch is shorter than ``limit`` and ASCII:
+    one piece, no search.
+    """
+    # A character takes at most 6 bytes as the log writes it (UTF-8, or a
+    # lone surrogate as "\udcxx"): counting characters is then enough.
+    chars = limit if text.isascii() else limit // 6
+    start, end = 0, len(text)
+    while end - start > chars:
+        cut = text.rfind("\n", start, start + chars) + 1
+        if cut <= start:  # one line longer than limit
+            cut = text.find("\n", start + chars) + 1 or end
+        yield text[start:cut]
+        start = cut
+    if start < end:
+        yield text[start:]
 
 
 def runs_within(lines: list[str], limit: int, used: int = 0) -> Iterator[tuple[list[str], int]]:
@@ -112,12 +140,12 @@ class BufferedStreamHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         """A record from the ``logging`` API (not :func:`log`): written at once."""
         try:
-            self.write_lines([self.format(record) + "\n"])
+            self.write_text(self.format(record) + "\n")
         except Exception:
             self.handleError(record)
 
-    def write_lines(self, lines: list[str]) -> None:
-        """Write ``lines`` (each with its LF), a few KiB per write(); never raises.
+    def write_text(self, text: str) -> None:
+        """Write ``text``, whole lines each with its LF, a few KiB per write(); never raises.
 
         A write() to a pipe is whole only up to PIPE_BUF bytes: a larger one can
         be cut by another worker's. So each write holds whole lines, at most
@@ -126,18 +154,14 @@ class BufferedStreamHandler(logging.StreamHandler):
         lines, and the other handlers still get them.
         """
         try:
-            for run, _ in runs_within(lines, PIPE_BUF):
-                if run:
-                    self._write("".join(run))
+            for piece in pieces(text, PIPE_BUF):
+                self.stream.write(piece)
+                self.stream.flush()
         except (OSError, ValueError):
             pass
 
-    def _write(self, text: str) -> None:
-        self.stream.write(text)
-        self.stream.flush()
-
     def flush(self) -> None:
-        """Flush the stream; never raises (see :meth:`write_lines`)."""
+        """Flush the stream; never raises (see :meth:`write_text`)."""
         try:
             super().flush()
         except (OSError, ValueError):
@@ -158,13 +182,13 @@ class Flusher:
         #: (time, system, message, event, level, fields) per line not yet written
         self.entries: list[tuple] = []
 
-    def written(self) -> bool:
-        """Note an unwritten line; False when no timer is installed (flush now)."""
+    def start(self) -> None:
+        """Called for the first line not yet written: flush FLUSH_DELAY later, or now
+        when no timer is installed."""
         if self.schedule is None:
-            return False
-        if self.cancel is None:
+            self.flush()
+        else:
             self.cancel = self.schedule(FLUSH_DELAY, self._due)
-        return True
 
     def _due(self) -> None:
         self.cancel = None
@@ -175,11 +199,13 @@ class Flusher:
         if not self.entries:
             return
         entries, self.entries = self.entries, []
-        lines = [json_line(*entry) + "\n" if _json_lines else _formatter.line(*entry[:3])
-                 for entry in entries]
+        if _json_lines:
+            text = "".join([json_line(*entry) + "\n" for entry in entries])
+        else:
+            text = _formatter.lines(entries)
         for handler in _logger.handlers:
             if isinstance(handler, BufferedStreamHandler):
-                handler.write_lines(lines)
+                handler.write_text(text)
             else:  # someone else's handler: a record per line, as logging makes them
                 for created, system, message, *_ in entries:
                     record = _logger.makeRecord(LOGGER_NAME, logging.INFO, "", 0, message,
@@ -230,16 +256,19 @@ class LogFileHandler(BufferedStreamHandler, RotatingFileHandler):
     def _size(self) -> int:
         return os.fstat(self.stream.fileno()).st_size
 
-    def write_lines(self, lines: list[str]) -> None:
-        """Write ``lines``, rotating first where a line would take the file past the limit
-        (each file ends with a whole line and stays within the limit)."""
-        if not self.maxBytes:
-            super().write_lines(lines)
+    def write_text(self, text: str) -> None:
+        """Write ``text`` (whole lines), rotating first where a line would take the file
+        past the limit (each file ends with a whole line and stays within the limit)."""
+        size = line_bytes(text)
+        if not self.maxBytes or self.written + size <= self.maxBytes:  # the usual case
+            super().write_text(text)
+            self.written += size
             return
+        lines = [line + "\n" for line in text.split("\n")[:-1]]  # (text ends with a LF)
         for number, (run, size) in enumerate(runs_within(lines, self.maxBytes, self.written)):
             if number:  # the run before filled the file
                 self.doRollover()
-            super().write_lines(run)
+            super().write_text("".join(run))
             self.written = size
 
     def reopen(self) -> None:
@@ -309,9 +338,10 @@ def log(message: str, system: str = LIFECYCLE, event: str = "server", level: str
     does) costs more than answering a command. Any other handler gets a record
     per line then. All logging happens on the event loop's thread.
     """
-    _flusher.entries.append((time.time(), system, message, event, level, fields))
-    if not _flusher.written():
-        _flusher.flush()
+    flusher = _flusher
+    flusher.entries.append((time.time(), system, message, event, level, fields))
+    if flusher.cancel is None:  # no flush pending
+        flusher.start()
 
 
 class RateLimit:
