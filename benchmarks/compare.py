@@ -1,13 +1,16 @@
 """The three engines (gevent, the Twisted twin, asyncio) and the floor, side by side, in one run.
 
     python benchmarks/compare.py [--reps 3] [--seconds 5] [--only NAME ...]
-                                 [--engines gevent twisted asyncio floor]
+                                 [--engines gevent twisted asyncio floor floor-spec]
                                  [--json out.json] [--plot out.png]
 
 Each scenario starts a fresh server of each engine on a free port, pinned to
 CPU 0 (except comhash, whose point is using every CPU), runs `greencmd bench`
 pinned to CPU 1, and stops the server. ``floor`` is ``benchmarks/floor.py``,
-the plainest gevent server answering the same commands. Engines alternate in
+the plainest gevent server answering the same commands; ``floor-spec`` is it
+with the spec's log lines and a bound on greenlets (``floor.py --spec``): the
+part of an engine's cost over the floor that any server of the spec pays.
+Engines alternate in
 order from one repetition to the next. Prints the machine, the commands, the
 median of each engine, for each repetition gevent's figure over each other
 engine's, and each engine's server CPU per operation over the floor's.
@@ -30,7 +33,7 @@ import threading
 from importlib import metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGINES = ("gevent", "twisted", "asyncio", "floor")
+ENGINES = ("gevent", "twisted", "asyncio", "floor", "floor-spec")
 FLOOR = os.path.join(REPO, "benchmarks", "floor.py")
 
 # name: (bench scenario, serve options, bench options, pin the server)
@@ -58,6 +61,10 @@ def start_server(engine: str, options: list[str], pin: bool, workdir: str):
     source = os.path.join(workdir, "source.log")
     if engine == "floor":  # no options: it has no log, no limits
         command = [sys.executable, FLOOR, "--lastlog-file", source]
+    elif engine == "floor-spec":  # the floor, logged and bounded as the spec asks
+        command = [sys.executable, FLOOR, "--lastlog-file", source, "--spec",
+                   "--log-file", os.path.join(workdir, "server-%s.log" % engine),
+                   "--max-clients", "6000", *[o for o in options if o == "--quiet"]]
     else:
         command = [sys.executable, "-m", "greencmd", "serve", "--engine", engine, "--port",
                    "0", "--log-file", os.path.join(workdir, "server-%s.log" % engine),
@@ -185,19 +192,22 @@ def report(names: list[str], results: dict, engines: tuple[str, ...]) -> None:
     other engine's, and each engine's server CPU per operation over the floor's."""
     others = engines[1:]
     engines_cpu = [e for e in engines if e != "floor"] if "floor" in engines else []
+    cpu_pairs = [(e, "floor") for e in engines_cpu]
+    if "floor-spec" in engines:
+        cpu_pairs.append(("gevent", "floor-spec"))
     print("| scenario | unit | %s | %s | server µs/op %s | %s | p99 ms %s | errors |" % (
         " | ".join("%s (median)" % e for e in engines),
         " | ".join("gevent/%s per rep" % e for e in others),
-        " / ".join(engines), " | ".join("µs/op %s/floor per rep" % e for e in engines_cpu),
+        " / ".join(engines), " | ".join("µs/op %s/%s per rep" % pair for pair in cpu_pairs),
         " / ".join(engines)))
-    print("|" + " --- |" * (2 * len(engines) + len(engines_cpu) + 4))
+    print("|" + " --- |" * (2 * len(engines) + len(cpu_pairs) + 4))
     for name in names:
         runs = results[name]
         unit = "KiB RSS/session" if name == "idle" else runs["gevent"][0]["unit"]
         medians = {e: statistics.median(value(r, name) for r in runs[e]) for e in engines}
         ratios = [per_rep(runs, "gevent", e, functools.partial(value, name=name)) for e in others]
-        over_floor = [per_rep(runs, e, "floor", lambda r: r["server_us_per_op"] or 0)
-                      for e in engines_cpu]
+        over_floor = [per_rep(runs, top, bottom, lambda r: r["server_us_per_op"] or 0)
+                      for top, bottom in cpu_pairs]
         cost = {e: statistics.median(r["server_us_per_op"] or 0 for r in runs[e])
                 for e in engines}
         p99 = {e: statistics.median(r["p99_ms"] or 0 for r in runs[e]) for e in engines}

@@ -1,8 +1,13 @@
 """greencmd bench against real servers: it runs, it checks replies, it reports errors."""
 
 import json
+import re
+import socket
+import subprocess
+import sys
 
-from conftest import run_greencmd
+import pytest
+from conftest import REPO, greencmd_env, read_all, run_greencmd
 
 
 def bench(server, *args):
@@ -122,3 +127,46 @@ def test_bench_authenticates_with_a_token(start_server, tmp_path):
     assert refused.stderr.splitlines()[-1] == (b"greencmd: unknown: the server refused the "
                                                b"token: Authentication failed.")
     assert b"Traceback" not in refused.stderr
+
+
+def start_floor(tmp_path, *options):
+    """benchmarks/floor.py on a free port; (process, port)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "floor.py"), "--port", "0",
+         "--lastlog-file", str(tmp_path / "source.log"), *options],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=greencmd_env())
+    line = proc.stdout.readline()
+    assert b"floor server starting on" in line, proc.stderr.read()
+    return proc, int(line.rsplit(b":", 1)[1])
+
+
+def floor_talk(port, data):
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(data)
+        return read_all(sock)
+
+
+@pytest.mark.engines("gevent")
+@pytest.mark.parametrize("spec", [False, True])
+def test_the_floor_answers_as_greencmd_does(start_server, tmp_path, spec):
+    (tmp_path / "source.log").write_bytes(b"".join(b"line %d\n" % i for i in range(30)))
+    server = start_server("--lastlog-file", str(tmp_path / "source.log"))
+    talk = b"help\nfrob\nlastlog 3\nlastlog\nexit\nhelp\n"  # nothing after exit is answered
+    proc, port = start_floor(tmp_path, *(["--spec"] if spec else []))
+    try:
+        assert floor_talk(port, talk) == server.talk(talk)
+        assert floor_talk(port, b"exit\n") == b""
+        # --spec logs what greencmd logs for these talks, in its format (within 50 ms)
+        expected = ["Client connection from 127.0.0.1"] + [
+            "Cmd received from 127.0.0.1 : %s" % word
+            for word in ("help", "frob", "lastlog 3", "lastlog", "exit")] + [
+            "Lost client connection. Reason: Connection was closed cleanly.",
+            "Client connection from 127.0.0.1", "Cmd received from 127.0.0.1 : exit",
+            "Lost client connection. Reason: Connection was closed cleanly."]
+        if spec:
+            logged = [proc.stdout.readline().decode() for _ in expected]
+            assert [re.sub(r"^\S+ \S+ \[[^]]+\] ", "", line).rstrip("\n")
+                    for line in logged] == expected
+    finally:
+        proc.terminate()
+    assert proc.communicate(timeout=20)[0] == b""  # nothing more (the bare floor: nothing)
