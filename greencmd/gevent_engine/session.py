@@ -49,7 +49,11 @@ from .connection import (
 from .fast_subprocess import Popen
 from .follow import follow
 
-__all__ = ["Session", "ShuttingDown"]
+__all__ = ["Session", "ShuttingDown", "WATCH_AFTER"]
+
+#: Seconds a waiting command runs before a client reset is watched for: a reset
+#: in that time costs at most that much work.
+WATCH_AFTER = 0.05
 
 
 class ShuttingDown(GreenletExit):
@@ -171,7 +175,10 @@ def watch_for_reset(sock: socket.socket) -> gevent.Greenlet:
     in this greenlet.
 
     A client that reset already gets no work done for it at all: ClientGone at
-    once (a reset storm must not start a ``tail`` per gone client).
+    once (a reset storm must not start a ``tail`` per gone client). After that
+    the watcher starts only once the command has run for WATCH_AFTER: most
+    commands are done by then, and a greenlet that never ran costs little to
+    kill, while one that ran costs a stack (measured in docs/performance.md).
     """
     try:
         peek_or_raise(sock)
@@ -179,7 +186,7 @@ def watch_for_reset(sock: socket.socket) -> gevent.Greenlet:
         pass  # nothing from the client: the usual case
     except OSError:
         raise ClientGone() from None
-    return gevent.spawn(kill_on_reset, sock, gevent.getcurrent())
+    return gevent.spawn_later(WATCH_AFTER, kill_on_reset, sock, gevent.getcurrent())
 
 
 def kill_on_reset(sock: socket.socket, session: gevent.Greenlet) -> None:
