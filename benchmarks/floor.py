@@ -45,7 +45,7 @@ from greencmd.core import logs, protocol  # noqa: E402
 from greencmd.core.hashing import hash_file  # noqa: E402
 from greencmd.core.settings import REFUSING, ServerConfig  # noqa: E402
 from greencmd.gevent_engine.processes import AT_ONCE  # noqa: E402
-from greencmd.gevent_engine.server import start_log_flushing  # noqa: E402
+from greencmd.gevent_engine.server import configure_gevent, start_log_flushing  # noqa: E402
 
 #: As many threads as greencmd runs children at once.
 THREADS = AT_ONCE
@@ -60,6 +60,7 @@ def tail(path: str, count: bytes) -> bytes:
 def serve(port: int, lastlog_file: str, threads: int, spec: bool = False,
           quiet: bool = False, log_file: str | None = None, max_clients: int = 10) -> None:
     """Answer every connection until killed (with ``spec``, logged and bounded)."""
+    configure_gevent()  # gevent configured as greencmd configures it: code is compared
     pool = ThreadPool(threads)
     numbers = itertools.count()
 
