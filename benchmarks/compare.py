@@ -56,20 +56,25 @@ def taskset(cpu: str) -> list[str]:
     return ["taskset", "-c", cpu] if shutil.which("taskset") else []
 
 
-def start_server(engine: str, options: list[str], pin: bool, workdir: str):
-    """Start a server; return (process, port)."""
+def server_command(engine: str, options: list[str], workdir: str) -> list[str]:
+    """The command line that serves ``engine`` on a free port, its log in ``workdir``."""
     source = os.path.join(workdir, "source.log")
     if engine == "floor":  # no options: it has no log, no limits
-        command = [sys.executable, FLOOR, "--lastlog-file", source]
-    elif engine == "floor-spec":  # the floor, logged and bounded as the spec asks
-        command = [sys.executable, FLOOR, "--lastlog-file", source, "--spec",
-                   "--log-file", os.path.join(workdir, "server-%s.log" % engine),
-                   "--max-clients", "6000", *[o for o in options if o == "--quiet"]]
-    else:
-        command = [sys.executable, "-m", "greencmd", "serve", "--engine", engine, "--port",
-                   "0", "--log-file", os.path.join(workdir, "server-%s.log" % engine),
-                   "--lastlog-file", source, "--max-clients", "6000", *options]
-    command = (taskset("0") if pin else []) + command
+        return [sys.executable, FLOOR, "--lastlog-file", source]
+    if engine == "floor-spec":  # the floor, logged and bounded as the spec asks
+        return [sys.executable, FLOOR, "--lastlog-file", source, "--spec",
+                "--log-file", os.path.join(workdir, "server-%s.log" % engine),
+                "--max-clients", "6000", *[o for o in options if o == "--quiet"]]
+    return [sys.executable, "-m", "greencmd", "serve", "--engine", engine, "--port",
+            "0", "--log-file", os.path.join(workdir, "server-%s.log" % engine),
+            "--lastlog-file", source, "--max-clients", "6000", *options]
+
+
+def start_server(engine: str, options: list[str], pin: bool, workdir: str,
+                 prefix: list[str] | None = None):
+    """Start a server (its command after ``prefix``, if any); return (process, port)."""
+    command = (taskset("0") if pin else []) + (prefix or []) + server_command(
+        engine, options, workdir)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, PYTHONPATH=REPO))
     for raw in proc.stdout:

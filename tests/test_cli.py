@@ -231,3 +231,14 @@ def test_a_config_error_on_the_command_line_does_not_name_the_variable(tmp_path)
     assert result.returncode == 2
     assert b"Invalid value for '--config': " in result.stderr
     assert b"GREENCMD_CONFIG" not in result.stderr
+
+
+@pytest.mark.parametrize("env, tracked", [
+    ({}, "False"), ({"GEVENT_TRACK_GREENLET_TREE": "1"}, "True"),
+    ({"GEVENT_TRACK_GREENLET_TREE": "0"}, "False")])
+def test_gevent_engine_spawns_untracked_unless_the_environment_says(env, tracked):
+    code = ("import gevent; from greencmd.gevent_engine.server import configure_gevent; "
+            "configure_gevent(); print(gevent.config.track_greenlet_tree)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            env=greencmd_env(**env), timeout=60)
+    assert result.stdout.decode().strip() == tracked, result.stderr
