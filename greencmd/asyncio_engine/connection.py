@@ -143,7 +143,7 @@ class Connection:
         finally:
             writer.close()
             try:
-                await asyncio.wait_for(writer.wait_closed(), LINGER_SECONDS)
+                await within(LINGER_SECONDS, writer.wait_closed())
             except (OSError, asyncio.TimeoutError):
                 pass
 
