@@ -43,8 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from greencmd.core import logs, protocol  # noqa: E402
 from greencmd.core.hashing import hash_file  # noqa: E402
+from greencmd.core.programs import AT_ONCE  # noqa: E402
 from greencmd.core.settings import REFUSING, ServerConfig  # noqa: E402
-from greencmd.gevent_engine.processes import AT_ONCE  # noqa: E402
 from greencmd.gevent_engine.server import configure_gevent, start_log_flushing  # noqa: E402
 
 #: As many threads as greencmd runs children at once.

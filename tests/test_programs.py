@@ -10,6 +10,8 @@ import time
 import pytest
 from conftest import read_until, wait_until
 
+from greencmd.core.programs import AT_ONCE
+
 #: A sleep with an argument no other process has, so the test can look for it.
 MARK = "1234.567"
 
@@ -177,3 +179,23 @@ def test_the_program_gets_no_stdin_and_its_own_session(programs, tmp_path):
         reply = read_until(sock, b"End who\n")
     sid = int(reply.split(b"\n")[1])
     assert sid != os.getsid(server.proc.pid)
+
+
+def test_at_most_at_once_programs_run_at_the_same_time(start_server, tmp_path):
+    # Every engine bounds the children it runs to their end; the others wait their turn.
+    path = tmp_path / "nap.toml"
+    path.write_text('[commands.nap]\nrun = ["sh", "-c", "sleep 0.6; echo rested"]\n')
+    server = start_server("--config", str(path), "--max-clients", str(4 * AT_ONCE))
+    socks = [server.connect(timeout=60) for _ in range(2 * AT_ONCE + 1)]
+    for sock in socks:
+        sock.sendall(b"nap\n")
+    most, seen = 0, []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (seen and seen[-1] == 0 and most):
+        seen.append(len(server.children()))
+        most = max(most, seen[-1])
+        time.sleep(0.02)
+    for sock in socks:
+        assert read_until(sock, b"End nap\n") == b"Begin nap\nrested\nEnd nap\n"
+        sock.close()
+    assert most == AT_ONCE, seen

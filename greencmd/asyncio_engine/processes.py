@@ -14,14 +14,12 @@ import asyncio
 import os
 from asyncio.subprocess import DEVNULL, PIPE, Process
 
-from ..core.programs import STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
+from ..core.programs import AT_ONCE, STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
 
-__all__ = ["start", "run", "read_capped", "read_last", "kill_group", "CHUNK", "AT_ONCE"]
+__all__ = ["start", "run", "read_capped", "read_last", "kill_group", "CHUNK"]
 
 #: Read size from a child's pipe (a pipe holds 64 KiB).
 CHUNK = 65536
-#: Children that run to their end at once; more wait their turn.
-AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
 _turns: asyncio.Semaphore | None = None
 
 

@@ -20,12 +20,16 @@ from .errors import duration
 from .protocol import Refused
 
 __all__ = ["ProgramCommand", "command_from_table", "check_name", "timed_out", "last_line",
-           "OUTPUT_LIMIT", "STDERR_KEPT", "Finished", "TimedOut", "TooMuchOutput", "kill_session"]
+           "OUTPUT_LIMIT", "STDERR_KEPT", "AT_ONCE", "Finished", "TimedOut", "TooMuchOutput",
+           "kill_session"]
 
 #: Most standard output a configured command's reply may carry.
 OUTPUT_LIMIT = 4 << 20
 #: How much of a child's stderr is kept: enough for its last line.
 STDERR_KEPT = 4096
+#: Children that run to their end (lastlog, configured commands) at once, in every
+#: engine; more wait their turn, so a storm of requests cannot fork the machine to a crawl.
+AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 ARGS_MODES = ("none", "append")
 

@@ -9,13 +9,12 @@ a client reset, shutdown) the ``finally`` here kills the group and reaps it.
 
 from __future__ import annotations
 
-import os
 from typing import BinaryIO
 
 import gevent
 from gevent.lock import BoundedSemaphore
 
-from ..core.programs import STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
+from ..core.programs import AT_ONCE, STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
 
 # gevent.subprocess's API, spawned by the stdlib's faster C code (see the module).
 from .fast_subprocess import DEVNULL, PIPE, Popen
@@ -25,9 +24,6 @@ __all__ = ["Finished", "TimedOut", "TooMuchOutput", "start", "run", "read_capped
 
 #: Read size from a child's pipe (a pipe holds 64 KiB).
 CHUNK = 65536
-#: Children that run to their end (lastlog, configured commands) at once; more wait
-#: their turn, so a storm of requests cannot fork the machine to a crawl.
-AT_ONCE = max(4, 2 * (os.cpu_count() or 1))
 _turns = BoundedSemaphore(AT_ONCE)
 
 

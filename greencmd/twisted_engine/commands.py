@@ -53,16 +53,16 @@ def lastlog(state: ServerState, arg: bytes, system: str) -> Reply:
     except protocol.Refused as refused:
         return refused.reply
     source, timeout = state.lastlog.path, state.config.command_timeout
-    try:
-        d = processes.run(argv, timeout, logtail.LASTLOG_MAX_BYTES)
-    except OSError as exc:  # out of descriptors, or no tail
-        return protocol.error("cannot run tail: %s" % describe_os_error(exc))
+    d = processes.run(argv, timeout, logtail.LASTLOG_MAX_BYTES)
     return d.addCallbacks(lambda tail: logtail.lastlog_result(source, *tail),
                           lastlog_failed, errbackArgs=(source, timeout))
 
 
 def lastlog_failed(failure: Failure, source: str, timeout: float) -> bytes:
-    """Errback: a timeout or too much output becomes its error line; the rest passes on."""
+    """Errback: no tail, a timeout or too much output becomes its error line; the rest
+    passes on."""
+    if failure.check(OSError):  # out of descriptors, or no tail
+        return protocol.error("cannot run tail: %s" % describe_os_error(failure.value))
     if failure.check(TimedOut):
         return logtail.lastlog_timed_out(source, timeout)
     failure.trap(TooMuchOutput)
@@ -76,16 +76,16 @@ def program(spec: ProgramCommand, state: ServerState, arg: bytes, system: str) -
     except protocol.Refused as refused:
         return refused.reply
     timeout = state.config.command_timeout
-    try:
-        d = processes.run(argv, timeout, OUTPUT_LIMIT)
-    except OSError as exc:
-        return spec.cannot_run(exc)
+    d = processes.run(argv, timeout, OUTPUT_LIMIT)
     return d.addCallbacks(lambda done: spec.reply(*done), program_failed,
                           errbackArgs=(spec, timeout))
 
 
 def program_failed(failure: Failure, spec: ProgramCommand, timeout: float) -> bytes:
-    """Errback: a timeout or too much output becomes its error line; the rest passes on."""
+    """Errback: a program that cannot start, a timeout or too much output becomes its
+    error line; the rest passes on."""
+    if failure.check(OSError):
+        return spec.cannot_run(failure.value)
     if failure.check(TimedOut):
         return timed_out(spec.name, timeout)
     failure.trap(TooMuchOutput)

@@ -17,7 +17,7 @@ import shutil
 from twisted.internet import defer, error, reactor
 from twisted.internet.protocol import ProcessProtocol
 
-from ..core.programs import STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
+from ..core.programs import AT_ONCE, STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
 
 __all__ = ["SETSID", "spawn", "SessionChild", "ChildProtocol", "run"]
 
@@ -112,11 +112,21 @@ def _timed_out(result: object, timeout: float) -> None:
 
 
 def run(argv: list[str], timeout: float, limit: int) -> defer.Deferred:
-    """Run ``argv``; a Deferred of its :class:`Finished`. Raises OSError if it cannot start.
+    """Run ``argv`` once it has a turn; a Deferred of its :class:`Finished`.
 
-    The Deferred fails with :class:`TimedOut` after ``timeout`` seconds and with
+    At most AT_ONCE children run at once; the rest wait in the semaphore's queue,
+    and cancelling the Deferred there (client gone, shutdown) leaves the queue.
+    The Deferred fails with OSError if the child cannot start, with
+    :class:`TimedOut` after ``timeout`` seconds of running and with
     :class:`TooMuchOutput` past ``limit`` bytes of stdout; the child is killed then.
     """
+    return _turns.run(_run, argv, timeout, limit)
+
+
+def _run(argv: list[str], timeout: float, limit: int) -> defer.Deferred:
     child = ChildProtocol(limit)
     spawn(child, argv)
     return child.done.addTimeout(timeout, reactor, onTimeoutCancel=_timed_out)
+
+
+_turns = defer.DeferredSemaphore(AT_ONCE)

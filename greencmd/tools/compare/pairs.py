@@ -112,9 +112,9 @@ PAIRS = [
          "overrides a private stdlib method and uses loop internals; gevent.subprocess "
          "alone reads plainer but spawns 3x slower. asyncio's Process.wait() also waits "
          "for the child's pipes, so the exit is awaited on a pidfd there too.",
-         _engines("processes.py", ("run", "read_capped", "read_last", "kill_group",
+         _engines("processes.py", ("run", "_run", "read_capped", "read_last", "kill_group",
                                    "kill_and_reap", "_clean_up"),
-                  ("spawn", "SessionChild", "ChildProtocol", "run"),
+                  ("spawn", "SessionChild", "ChildProtocol", "run", "_run"),
                   ("start", "run", "_complete", "exited", "read_capped", "read_last",
                    "kill_group"),
                   gevent=(Part("gevent_engine/fast_subprocess.py", ("Popen", "Pipe")),))),
