@@ -10,10 +10,10 @@ pinned to CPU 1, and stops the server. ``floor`` is ``benchmarks/floor.py``,
 the plainest gevent server answering the same commands; ``floor-spec`` is it
 with the spec's log lines and a bound on greenlets (``floor.py --spec``): the
 part of an engine's cost over the floor that any server of the spec pays.
-Engines alternate in
-order from one repetition to the next. Prints the machine, the commands, the
-median of each engine, for each repetition gevent's figure over each other
-engine's, and each engine's server CPU per operation over the floor's.
+Engines alternate in order from one repetition to the next. Prints the
+machine, the commands, the median of each engine, for each repetition gevent's
+figure over each other engine's, and each engine's server CPU per operation
+over the floor's.
 """
 
 from __future__ import annotations

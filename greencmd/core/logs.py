@@ -57,12 +57,8 @@ class TwistedFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """``YYYY-MM-DD HH:MM:SS+ZZZZ [system] message``."""
-        return self.line(record.created, getattr(record, "system", LIFECYCLE),
-                         record.getMessage())[:-1]
-
-    def line(self, created: float, system: str, message: str) -> str:
-        """The log line for ``message`` from ``system`` at time ``created``, with its LF."""
-        return self.lines([(created, system, message)])
+        entry = (record.created, getattr(record, "system", LIFECYCLE), record.getMessage())
+        return self.lines([entry])[:-1]
 
     def lines(self, entries: list[tuple]) -> str:
         """The log lines of ``entries``, (time, system, message, ...) each, as one text."""

@@ -22,6 +22,8 @@ from ..core.programs import AT_ONCE, STDERR_KEPT, Finished, TimedOut, TooMuchOut
 __all__ = ["SETSID", "spawn", "SessionChild", "ChildProtocol", "run"]
 
 SETSID = shutil.which("setsid") or "setsid"
+#: Children that run to their end at once (every engine's bound); more wait their turn.
+_turns = defer.DeferredSemaphore(AT_ONCE)
 
 
 def spawn(child: ProcessProtocol, argv: list[str]) -> None:
@@ -127,6 +129,3 @@ def _run(argv: list[str], timeout: float, limit: int) -> defer.Deferred:
     child = ChildProtocol(limit)
     spawn(child, argv)
     return child.done.addTimeout(timeout, reactor, onTimeoutCancel=_timed_out)
-
-
-_turns = defer.DeferredSemaphore(AT_ONCE)
