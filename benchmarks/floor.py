@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from greencmd.core import logs, protocol  # noqa: E402
 from greencmd.core.hashing import hash_file  # noqa: E402
+from greencmd.core.logtail import TAIL  # noqa: E402
 from greencmd.core.programs import AT_ONCE  # noqa: E402
 from greencmd.core.settings import REFUSING, ServerConfig  # noqa: E402
 from greencmd.gevent_engine.server import configure_gevent, start_log_flushing  # noqa: E402
@@ -52,8 +53,9 @@ THREADS = AT_ONCE
 
 
 def tail(path: str, count: bytes) -> bytes:
-    """``tail -n COUNT -- PATH``'s output, run by the stdlib on this thread."""
-    argv = ["tail", "-n", (count or b"%d" % protocol.LASTLOG_DEFAULT_LINES).decode(), "--", path]
+    """``tail -n COUNT -- PATH``'s output, run by the stdlib on this thread (``tail``
+    found on PATH once, as greencmd finds it)."""
+    argv = [TAIL, "-n", (count or b"%d" % protocol.LASTLOG_DEFAULT_LINES).decode(), "--", path]
     return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True).stdout
 
 
