@@ -19,6 +19,8 @@ from conftest import (
     wait_until,
 )
 
+from greencmd.core.hashing import HASH_CHUNK
+
 BYE = b"Server shutting down, bye!\n"
 #: Sparse, so it costs no disk; hashing it takes far longer than any wait below.
 HUGE = 64 * BIG
@@ -89,6 +91,30 @@ def test_a_reset_stops_the_hash_its_client_was_waiting_for(start_server, tmp_pat
     assert reply == hash_line(b"small")
     # Hashing all of the huge file takes far longer (over half a minute here).
     assert time.monotonic() - started < 10
+
+
+def bytes_read(pid: int) -> int:
+    """Bytes process ``pid`` has read so far (any file or socket), from /proc."""
+    with open("/proc/%d/io" % pid) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def test_a_reset_soon_after_comhash_stops_the_hash_within_a_few_chunks(start_server,
+                                                                        tmp_path):
+    # The spec: a gone client's hash stops reading within one chunk. Reading on for a
+    # while before looking for the reset (as a child's command may) would read far more.
+    server = start_server("--hash-threads", "1")
+    huge = sparse_file(tmp_path / "huge.img", HUGE)
+    sock = server.connect()
+    sock.sendall(b"comhash %s\n" % bytes(huge))
+    time.sleep(0.01)  # the hash has begun
+    at_reset = bytes_read(server.proc.pid)
+    reset(sock)
+    server.wait_for_log(lambda line: "Reason: Connection was reset by peer." in line)
+    (tmp_path / "small").write_bytes(b"small")  # one hashing thread: free once it stopped
+    assert server.talk(b"comhash %s\n" % bytes(tmp_path / "small")) == hash_line(b"small")
+    chunks_after = (bytes_read(server.proc.pid) - at_reset) / HASH_CHUNK
+    assert chunks_after < 8, chunks_after
 
 
 def test_shutdown_keeps_its_grace_with_a_hash_in_flight(start_server, tmp_path):

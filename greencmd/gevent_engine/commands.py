@@ -27,18 +27,27 @@ from ..core.settings import ServerConfig
 from ..core.state import BaseState
 from . import processes
 
-__all__ = ["ServerState", "Command", "BUILTINS", "lastlog", "comhash", "help_", "stats",
-           "program", "plugin"]
+__all__ = ["ServerState", "Command", "WATCH_AFTER", "BUILTINS", "lastlog", "comhash",
+           "help_", "stats", "program", "plugin"]
+
+
+#: Seconds a child's command (lastlog, a program) runs before a client reset is
+#: watched for: most are done by then, and the child is killed whenever the reset
+#: is seen. Other waiting commands are watched at once: the spec stops a gone
+#: client's hash within a chunk.
+WATCH_AFTER = 0.05
 
 
 class Command(NamedTuple):
     """A command function, and whether it waits (so replies before it are sent first).
 
     ``run(state, arg, system)``: ``system`` names the session in the log.
+    ``watch_after``: seconds it runs before a client reset is watched for.
     """
 
     run: Callable[[ServerState, bytes, str], bytes]
     waits: bool
+    watch_after: float = 0.0
 
 
 @dataclass
@@ -51,7 +60,8 @@ class ServerState(BaseState):
     def from_config(cls, config: ServerConfig, sessions: Collection) -> ServerState:
         """Choose the lastlog source, load plugins, start the hashing threads."""
         return cls.build("gevent", config, sessions, BUILTINS,
-                         lambda spec: Command(functools.partial(program, spec), waits=True),
+                         lambda spec: Command(functools.partial(program, spec), waits=True,
+                                                     watch_after=WATCH_AFTER),
                          lambda extra: Command(functools.partial(plugin, extra), waits=True),
                          pool=ThreadPool(config.hash_threads))
 
@@ -132,7 +142,7 @@ def stats(state: ServerState, arg: bytes, system: str) -> bytes:
 #: The built-in commands; ``exit``/``quit`` end the session and ``follow`` streams:
 #: the session handles those itself.
 BUILTINS: dict[bytes, Command] = {
-    b"lastlog": Command(lastlog, waits=True),
+    b"lastlog": Command(lastlog, waits=True, watch_after=WATCH_AFTER),
     b"comhash": Command(comhash, waits=True),
     b"help": Command(help_, waits=False),
     b"stats": Command(stats, waits=False),

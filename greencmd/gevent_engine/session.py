@@ -49,11 +49,7 @@ from .connection import (
 from .fast_subprocess import Popen
 from .follow import follow
 
-__all__ = ["Session", "ShuttingDown", "WATCH_AFTER"]
-
-#: Seconds a waiting command runs before a client reset is watched for: a reset
-#: in that time costs at most that much work.
-WATCH_AFTER = 0.05
+__all__ = ["Session", "ShuttingDown"]
 
 
 class ShuttingDown(GreenletExit):
@@ -161,7 +157,7 @@ class Session:
             if not command.waits:
                 return command.run(self.state, request.arg, self.system)
             self.conn.flush()  # replies owed go out before a command that may take a while
-            watcher = watch_for_reset(self.conn.sock)
+            watcher = watch_for_reset(self.conn.sock, command.watch_after)
             try:
                 return command.run(self.state, request.arg, self.system)
             finally:
@@ -170,15 +166,15 @@ class Session:
             return internal_error(request.word, exc, self.system)
 
 
-def watch_for_reset(sock: socket.socket) -> gevent.Greenlet:
+def watch_for_reset(sock: socket.socket, after: float = 0.0) -> gevent.Greenlet:
     """Until the greenlet returned is killed, a client reset raises :class:`ClientGone`
     in this greenlet.
 
     A client that reset already gets no work done for it at all: ClientGone at
     once (a reset storm must not start a ``tail`` per gone client). After that
-    the watcher starts only once the command has run for WATCH_AFTER: most
-    commands are done by then, and a greenlet that never ran costs little to
-    kill, while one that ran costs a stack (measured in docs/performance.md).
+    the watcher starts once the command has run ``after`` seconds: a command done
+    by then never needs it, and a greenlet that never ran costs little to kill,
+    while one that ran costs a stack (measured in docs/performance.md).
     """
     try:
         peek_or_raise(sock)
@@ -186,7 +182,7 @@ def watch_for_reset(sock: socket.socket) -> gevent.Greenlet:
         pass  # nothing from the client: the usual case
     except OSError:
         raise ClientGone() from None
-    return gevent.spawn_later(WATCH_AFTER, kill_on_reset, sock, gevent.getcurrent())
+    return gevent.spawn_later(after, kill_on_reset, sock, gevent.getcurrent())
 
 
 def kill_on_reset(sock: socket.socket, session: gevent.Greenlet) -> None:
