@@ -22,7 +22,7 @@ the engines print, so ``compare.py`` starts it as it starts them.
 ``--spec`` adds only what the spec asks of any server for each connection,
 done the way greencmd does it: the log's lines (connection, each request unless
 ``--quiet``, its end), written by greencmd's log, and a bound on the greenlets
-(gevent's ``Pool``, sized as greencmd sizes it for ``--max-clients``). ``compare.py``
+(greencmd's ``BoundedServer``, sized as greencmd sizes it for ``--max-clients``). ``compare.py``
 measures it as ``floor-spec``: what is left between it and an engine is the
 cost of everything else the engine does (timeouts, limits, checks, clean ends).
 """
@@ -35,7 +35,6 @@ import os
 import subprocess
 import sys
 
-from gevent.pool import Pool
 from gevent.server import StreamServer
 from gevent.threadpool import ThreadPool
 
@@ -46,6 +45,7 @@ from greencmd.core.hashing import hash_file  # noqa: E402
 from greencmd.core.logtail import TAIL  # noqa: E402
 from greencmd.core.programs import AT_ONCE  # noqa: E402
 from greencmd.core.settings import REFUSING, ServerConfig  # noqa: E402
+from greencmd.gevent_engine.bounded import BoundedServer  # noqa: E402
 from greencmd.gevent_engine.server import configure_gevent, start_log_flushing  # noqa: E402
 
 #: As many threads as greencmd runs children at once.
@@ -104,8 +104,8 @@ def serve(port: int, lastlog_file: str, threads: int, spec: bool = False,
     if spec:
         logs.setup_logging(log_file)
         start_log_flushing()
-        server = StreamServer(("127.0.0.1", port), handle_as_the_spec_asks, backlog=4096,
-                              spawn=Pool(max_clients + REFUSING))
+        server = BoundedServer(("127.0.0.1", port), handle_as_the_spec_asks, backlog=4096,
+                               limit=max_clients + REFUSING)
     else:
         server = StreamServer(("127.0.0.1", port), handle, backlog=4096)
     server.start()

@@ -4,7 +4,10 @@ import os
 import socket
 import time
 
+import pytest
 from conftest import HELP, read_all, read_until
+
+from greencmd.core.settings import REFUSING
 
 TOO_MANY = b"Too many connections, bye!\n"
 IDLE = b"Idle timeout, bye!\n"
@@ -127,3 +130,34 @@ def test_sessions_freed_after_a_burst_of_clients_leave(start_server):
         # Every slot must be free again before the next five arrive.
         server.wait_for_count("closed cleanly", 5 * (round_ + 1))
     open_session(server).close()
+
+
+@pytest.mark.engines("gevent")
+def test_a_flood_past_the_bound_waits_in_the_listen_queue_then_is_refused(start_server):
+    """Past max clients' sessions and REFUSING refusals in progress, the server stops
+    accepting: the rest of a flood waits in the kernel's queue, not in the server,
+    and is refused in its turn once refusals end.
+
+    gevent only, as the bound is exact there (BoundedServer counts at each accept).
+    The twin stops reading at the bound, but Twisted accepts in batches (up to
+    ``Port.numberAccepts`` per wake-up), so it can take a batch more; asyncio has
+    no public way to stop accepting (docs/compare.md, "limits").
+    """
+    server = start_server("--max-clients", "1", "--quiet")
+    held = open_session(server)
+    bound = 1 + REFUSING
+    # None of them reads or closes: each refusal lingers LINGER_SECONDS.
+    flood = [server.connect(timeout=30) for _ in range(bound + 60)]
+    try:
+        server.wait_for_count("Client connection from", bound)
+        time.sleep(0.5)  # what would be accepted past the bound has been by now
+        assert server.count_log("Client connection from") == bound
+        for sock in flood:
+            assert read_all(sock) == TOO_MANY
+        server.wait_for_count("Client connection from", 1 + len(flood))
+        held.sendall(b"help\n")
+        assert read_until(held, b"\n") == HELP
+    finally:
+        for sock in flood:
+            sock.close()
+        held.close()

@@ -18,8 +18,6 @@ from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
-from gevent.pool import Pool
-from gevent.server import StreamServer
 
 from ..core import protocol
 from ..core.errors import cannot_listen, describe_os_error
@@ -44,6 +42,7 @@ from ..core.settings import (
 )
 from ..core.startup import startup_lines
 from ..core.systemd import Notifier
+from .bounded import BoundedServer
 from .commands import ServerState
 from .connection import Connection, IdleTimeout, nothing_pending
 from .metrics import serve_metrics
@@ -60,20 +59,21 @@ OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno
 EXHAUSTED_PAUSE = 0.1
 
 
-class CommandServer(StreamServer):
+class CommandServer(BoundedServer):
     """Accepts connections and runs a :class:`Session` for each, up to max clients.
 
     The limit is our own count of open sessions, so the client over it gets its
-    refusal at once. gevent's ``Pool`` bounds the greenlets (sessions plus
-    refusals in progress): when it is full, StreamServer stops accepting.
+    refusal at once. The greenlets (sessions plus refusals in progress) are
+    bounded too (:class:`BoundedServer`): past ``max_clients + REFUSING`` of
+    them, StreamServer stops accepting until one ends.
     """
 
     def __init__(self, config: ServerConfig, listener: socket.socket | None = None) -> None:
-        pool = Pool(config.max_clients + REFUSING)
+        limit = config.max_clients + REFUSING
         if listener is None:
-            super().__init__((config.host, config.port), backlog=BACKLOG, spawn=pool)
+            super().__init__((config.host, config.port), backlog=BACKLOG, limit=limit)
         else:  # a socket already listening (--workers): gevent takes no backlog then
-            super().__init__(listener, spawn=pool)
+            super().__init__(listener, limit=limit)
         self.config = config
         self.sessions: set[Session] = set()
         self.state = ServerState.from_config(config, self.sessions)
@@ -182,9 +182,9 @@ class CommandServer(StreamServer):
         gevent.killall(self._greenlets(), ShuttingDown, block=False)
         # Sessions say bye and linger; refusals linger too. Then the rest is cut off.
         # (joinall and join return at their timeout; killall(timeout=) would raise.)
-        self.pool.join(timeout=LINGER_SECONDS + 1)
-        self.pool.kill(block=False)
-        self.pool.join(timeout=1)
+        gevent.joinall(list(self.handlers), timeout=LINGER_SECONDS + 1)
+        gevent.killall(list(self.handlers), block=False)
+        gevent.joinall(list(self.handlers), timeout=1)
         self.state.pool.kill()
 
     def _greenlets(self) -> list[gevent.Greenlet]:

@@ -133,6 +133,22 @@ PAIRS = [
                   twisted=(Part("twisted_engine/session.py",
                                 ("CommandSession.handshakeCompleted",
                                  "CommandSession.handshake_late")),))),
+    Pair("limits", "Max clients: refuse the client past the limit at once; past the sessions "
+         "and the refusals in progress, stop accepting, so a flood waits in the kernel.",
+         "gevent costs more here: its own way is one line, spawn=Pool(n), but the engine "
+         "uses BoundedServer (shown), the same bound for 9 percent fewer instructions per "
+         "short connection. asyncio has no public way to stop accepting: it takes a flood "
+         "until descriptors run out. Twisted stops reading at the bound but accepts in "
+         "batches, so it may take a batch more.",
+         _engines("server.py", ("CommandServer.serve_session",),
+                  ("CommandFactory.connection_opened", "CommandFactory.connection_closed",
+                   "CommandFactory.is_full"),
+                  ("CommandServer.serve_session",),
+                  gevent=(Part("gevent_engine/bounded.py",
+                               ("BoundedServer.full", "BoundedServer._spawn_counted",
+                                "BoundedServer._counted")),),
+                  twisted=(Part("twisted_engine/session.py",
+                                ("CommandSession.connectionMade",)),))),
     Pair("shutdown", "Shutdown: stop listening, let commands finish for the grace, say bye "
          "to everyone.",
          "gevent costs more here: killing greenlets needs care that a reply is never cut "
