@@ -150,7 +150,7 @@ def test_a_flood_past_the_bound_waits_in_the_listen_queue_then_is_refused(start_
     flood = [server.connect(timeout=30) for _ in range(bound + 60)]
     try:
         server.wait_for_count("Client connection from", bound)
-        time.sleep(0.5)  # what would be accepted past the bound has been by now
+        time.sleep(0.3)  # what would be accepted past the bound has been by now (in ms)
         assert server.count_log("Client connection from") == bound
         for sock in flood:
             assert read_all(sock) == TOO_MANY
