@@ -6,9 +6,10 @@ accepting and a flood of connections waits in the kernel's listen queue. The
 pool pays for it on every connection: a semaphore, a link on each greenlet and
 two callbacks through the hub when it ends, about a tenth of the instructions a
 short connection costs greencmd (docs/performance.md). :class:`BoundedServer`
-keeps the same bound with a set of greenlets and two of StreamServer's own
-hooks: ``spawn`` (a callable is documented) and ``full()``, which the pool
-would replace; accepting starts again with ``start_accepting()``.
+keeps the same bound with a set of greenlets and StreamServer's own hooks:
+``spawn`` (a callable is documented), ``full()``, which the pool would
+replace, and ``do_close()``, which closes each connection at its handler's end;
+accepting starts again with ``start_accepting()``.
 
 It is the one faster piece of the server, kept in a module of its own; the
 twin does the same with Twisted's ``stopReading``/``startReading``.
@@ -37,16 +38,18 @@ class BoundedServer(StreamServer):
         """True at the limit: StreamServer then stops accepting until a handler ends."""
         return len(self.handlers) >= self.limit
 
-    def _spawn_counted(self, function, *args) -> gevent.Greenlet:
+    def _spawn_counted(self, *args) -> gevent.Greenlet:
         # Counted here, at its accept, not when it starts to run: StreamServer
         # accepts a batch before any of their greenlets runs.
-        greenlet = gevent.spawn(self._counted, function, *args)
+        greenlet = gevent.spawn(*args)
         self.handlers.add(greenlet)
         return greenlet
 
-    def _counted(self, function, *args) -> None:
+    def do_close(self, sock, *args) -> None:
+        """Close the connection, as StreamServer does once its handler returns, and
+        free its place (in the handler's greenlet: no frame of ours waits under it)."""
         try:
-            function(*args)  # StreamServer's: handle, then close the connection
+            super().do_close(sock, *args)
         finally:
             handlers = self.handlers
             handlers.discard(gevent.getcurrent())

@@ -146,7 +146,7 @@ PAIRS = [
                   ("CommandServer.serve_session",),
                   gevent=(Part("gevent_engine/bounded.py",
                                ("BoundedServer.full", "BoundedServer._spawn_counted",
-                                "BoundedServer._counted")),),
+                                "BoundedServer.do_close")),),
                   twisted=(Part("twisted_engine/session.py",
                                 ("CommandSession.connectionMade",)),))),
     Pair("shutdown", "Shutdown: stop listening, let commands finish for the grace, say bye "
