@@ -56,21 +56,24 @@ async def run(argv: list[str], timeout: float, limit: int) -> Finished:
 
 
 async def _complete(child: Process, readers: asyncio.Future) -> tuple[int, bytes | None, bytes]:
-    await exited(child.pid)
+    await exited(child)
     kill_group(child)  # what it left behind must not hold the pipes open
     output, errors = await readers
     return await child.wait(), output, errors
 
 
-async def exited(pid: int) -> None:
-    """Wait until process ``pid`` exits, on a pidfd (Linux 5.3+).
+async def exited(child: Process) -> None:
+    """Wait until ``child`` exits, on a pidfd (Linux 5.3+).
 
     ``Process.wait()`` alone also waits for the child's pipes to close (before
-    Python 3.12), which a grandchild holding them can delay for ever.
+    Python 3.12), which a grandchild holding them can delay until the timeout:
+    where pidfds are missing or denied (an old kernel, a seccomp filter), that
+    is the wait there is.
     """
     try:
-        fd = os.pidfd_open(pid)
+        fd = os.pidfd_open(child.pid)
     except (AttributeError, OSError):  # no pidfds here: wait as asyncio does
+        await child.wait()
         return
     loop = asyncio.get_running_loop()
     done = loop.create_future()

@@ -26,9 +26,12 @@ What it buys (``python benchmarks/spawn.py``; docs/performance.md has the figure
 Why it is safe: the child is never waited for with a blocking call. Its exit is
 awaited with gevent's public ``gevent.socket.wait_read(pidfd)``, and only then
 reaped with ``waitpid``, which returns at once. No SIGCHLD handler is involved.
-Where pidfds do not exist, it falls back to gevent's own mechanism: the SIGCHLD
-handler installed *before* the fork (as gevent.subprocess does; without that, a
-child that exits at once is never seen) and a libev child watcher.
+Where pidfds do not exist (Linux before 5.3, or a seccomp filter that denies
+``pidfd_open``, as Docker's did before 20.10), it falls back to gevent's own
+mechanism: the SIGCHLD handler installed *before* the fork (as gevent.subprocess
+does; without that, a child that exits at once is never seen) and a libev child
+watcher. Which of the two applies is asked of the kernel once, before the
+first child.
 
 Once gevent's SIGCHLD handler is installed in the process (a plugin that uses
 gevent.subprocess installs it), libev reaps every child; from then on this class
@@ -40,6 +43,7 @@ ours already running when that handler is installed reports
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import subprocess
@@ -52,7 +56,10 @@ from gevent.socket import wait_read
 
 __all__ = ["Popen", "Pipe", "PIPE", "STDOUT", "DEVNULL", "TimeoutExpired"]
 
-HAVE_PIDFD = hasattr(os, "pidfd_open")
+#: Errors of pidfd_open() that mean "never here": no such system call, or denied.
+NO_PIDFDS = frozenset({errno.ENOSYS, errno.EPERM, errno.EACCES})
+#: Whether pidfds work here; None until the first child asks (see pidfds_work()).
+_pidfds: bool | None = None if hasattr(os, "pidfd_open") else False
 #: The exit status reported for a child whose status libev took (see Limits).
 STATUS_LOST = 255
 #: True once libev was seen reaping a child of ours: gevent's SIGCHLD handler is in.
@@ -62,6 +69,26 @@ _libc = ctypes.CDLL(None, use_errno=True)
 #: event loop's thread spawns), and its first field: the handler.
 _action = ctypes.create_string_buffer(512)
 _handler = ctypes.c_void_p.from_buffer(_action)
+
+
+def pidfds_work() -> bool:
+    """True when this process may open pidfds: asked of the kernel once.
+
+    Python offers ``os.pidfd_open`` wherever it was built against a recent
+    kernel's headers; the kernel it runs on may still lack the call, or a seccomp
+    filter deny it. Any other error (out of descriptors) is not remembered.
+    """
+    global _pidfds
+    if _pidfds is None:
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+        except OSError as exc:
+            if exc.errno not in NO_PIDFDS:
+                return False  # out of descriptors just now: ask again next time
+            _pidfds = False
+        else:
+            _pidfds = True
+    return _pidfds
 
 
 def libev_reaps() -> bool:
@@ -94,7 +121,7 @@ class Popen(subprocess.Popen):
     def __init__(self, args: list[str], *, stdout=None, stderr=None, **kwargs) -> None:
         self._pidfd: int | None = None
         self._exited: AsyncResult | None = None
-        watch_pidfd = HAVE_PIDFD and not libev_reaps()
+        watch_pidfd = pidfds_work() and not libev_reaps()
         if not watch_pidfd:
             # Before the fork: the exit of a child that ends at once must be seen.
             gevent.get_hub().loop.install_sigchld()
