@@ -3,14 +3,17 @@ denies ``pidfd_open`` (Docker's default profile did before 20.10).
 
 The server runs under a real seccomp filter that fails ``pidfd_open`` with ENOSYS,
 installed by a ``sitecustomize`` module before greencmd is imported. Every command
-that runs a child must still work, and leave no child behind.
+that runs a child must still work, and leave no child behind. Running out of
+descriptors, by contrast, says nothing about pidfds (a second ``sitecustomize``
+lowers the server's descriptor limit).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 
-from conftest import SAMPLE_LINES, greencmd_env, read_until
+from conftest import SAMPLE_LINES, greencmd_env, read_until, wait_until
 
 DENY_PIDFD_OPEN = '''
 import ctypes, errno, struct
@@ -77,3 +80,51 @@ def test_commands_that_run_a_child_work_where_pidfd_open_is_denied(start_server,
         assert read_until(sock, last).endswith(last)
         sock.sendall(b"stop\n")
         assert read_until(sock, b"End follow\n").endswith(b"End follow\n")
+
+
+LOW_DESCRIPTOR_LIMIT = '''
+import resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+'''
+
+
+def catches_sigchld(pid: int) -> bool:
+    """True when process ``pid`` has a SIGCHLD handler (/proc/PID/status, SigCgt)."""
+    with open("/proc/%d/status" % pid) as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(caught & 1 << (signal.SIGCHLD - 1))
+
+
+def test_a_child_asked_for_while_out_of_descriptors_fails_alone(start_server, tmp_path, engine):
+    """Out of descriptors, ``lastlog`` says so; once some are free it works again, and
+    the gevent engine still awaits children on pidfds (running out is no sign that the
+    kernel lacks them, and the fallback would install a SIGCHLD handler for good)."""
+    site = tmp_path / "few-descriptors"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(LOW_DESCRIPTOR_LIMIT)
+    env = greencmd_env()
+    env["PYTHONPATH"] = str(site) + os.pathsep + env["PYTHONPATH"]
+    server = start_server("--max-clients", "100", env=env)
+    held = server.connect()
+    held.sendall(b"help\n")
+    read_until(held, b"\n")
+    flood = [server.connect() for _ in range(60)]
+    try:
+        server.wait_for_log(lambda line: "Cannot accept connections" in line)
+        held.sendall(b"lastlog 1\n")
+        assert read_until(held, b"\n").startswith(b"An error occured: ")
+    finally:
+        for sock in flood:
+            sock.close()
+
+    def lastlog_works() -> bool:
+        held.sendall(b"lastlog 1\n")
+        reply = read_until(held, b"\n")
+        while not reply.startswith(b"An error occured") and not reply.endswith(b"End lastlog\n"):
+            reply += read_until(held, b"\n")
+        return reply == b"Begin lastlog\n" + SAMPLE_LINES[-1] + b"\nEnd lastlog\n"
+
+    wait_until(lastlog_works, message="lastlog once descriptors are free")
+    if engine == "gevent":
+        assert not catches_sigchld(server.proc.pid)
+    held.close()

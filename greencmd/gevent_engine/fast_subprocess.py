@@ -76,7 +76,9 @@ def pidfds_work() -> bool:
 
     Python offers ``os.pidfd_open`` wherever it was built against a recent
     kernel's headers; the kernel it runs on may still lack the call, or a seccomp
-    filter deny it. Any other error (out of descriptors) is not remembered.
+    filter deny it. Any other error (out of descriptors) says nothing about
+    pidfds and is not remembered: falling back would install gevent's SIGCHLD
+    handler for good.
     """
     global _pidfds
     if _pidfds is None:
@@ -84,7 +86,7 @@ def pidfds_work() -> bool:
             os.close(os.pidfd_open(os.getpid()))
         except OSError as exc:
             if exc.errno not in NO_PIDFDS:
-                return False  # out of descriptors just now: ask again next time
+                return True  # the child's own pidfd_open will say what is wrong
             _pidfds = False
         else:
             _pidfds = True
