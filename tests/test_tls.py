@@ -7,6 +7,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import time
 
 import pytest
@@ -14,6 +15,8 @@ from conftest import HELP, REPO, read_until, run_greencmd
 
 NOT_FOUND = b"Command not found.\n"
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+CA_EXTENSIONS = ["-addext", "basicConstraints=critical,CA:TRUE",
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign"]
 
 
 def openssl(*args: str, cwd) -> None:
@@ -34,9 +37,9 @@ def issue(directory, ca: str, name: str, san: str, extra: str = "") -> None:
 def pki(tmp_path_factory):
     """A CA, a stranger CA, a server certificate, one with a wrong name, a client's."""
     directory = tmp_path_factory.mktemp("pki")
-    for ca in ("ca", "stranger"):
+    for ca in ("ca", "stranger"):  # as docs/certificates.md makes one (Python 3.13 checks)
         openssl("req", "-x509", *EC, "-keyout", ca + ".key", "-out", ca + ".pem", "-days", "2",
-                "-subj", "/CN=greencmd test " + ca, cwd=directory)
+                "-subj", "/CN=greencmd test " + ca, *CA_EXTENSIONS, cwd=directory)
     issue(directory, "ca", "server", "DNS:localhost,IP:127.0.0.1")
     issue(directory, "ca", "elsewhere", "DNS:other.example")
     issue(directory, "ca", "client", "DNS:client.example")
@@ -331,3 +334,21 @@ def test_bench_loads_a_tls_server(tls_server, pki, tmp_path):
     untrusted = run_greencmd("bench", "--port", str(server.port), "--tls", "unknown")
     assert untrusted.returncode == 3
     assert b"certificate verify failed" in untrusted.stderr.splitlines()[-1]
+
+
+def test_a_ca_made_without_key_usage_is_named_where_python_refuses_it(tls_server, tmp_path):
+    """Python 3.13 verifies strictly: a CA certificate without keyUsage (what a bare
+    ``openssl req -x509`` makes) is refused, and the sentence says what to change.
+    Older Pythons accept it."""
+    openssl("req", "-x509", *EC, "-keyout", "old.key", "-out", "old.pem", "-days", "2",
+            "-subj", "/CN=greencmd legacy CA", cwd=tmp_path)
+    issue(tmp_path, "old", "legacy", "DNS:localhost,IP:127.0.0.1")
+    server = tls_server(str(tmp_path / "legacy"))
+    result = client(server, "--cafile", str(tmp_path / "old.pem"), "help")
+    if sys.version_info >= (3, 13):
+        assert result.returncode == 3
+        assert result.stderr.endswith(
+            b"CA cert does not include key usage extension: make the CA certificate again "
+            b"with keyUsage=critical,keyCertSign and basicConstraints=critical,CA:TRUE\n")
+    else:
+        assert (result.returncode, result.stdout) == (0, HELP)

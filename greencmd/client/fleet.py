@@ -31,6 +31,7 @@ from ..core.stats import parse_reply
 from ..core.tls import (
     PLAIN_HINT,
     REFUSED_CERT_HINT,
+    TLS_RESET,
     client_context,
     client_tls_failure,
     describe_tls_error,
@@ -133,6 +134,9 @@ def ask(target: Target, line: bytes, profile: Profile, on_line=None,
     except Refused as exc:
         return Outcome(target, FAILED, b"".join(received), str(exc) or "no reply to auth",
                        _since(started))
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        why = TLS_RESET if tls is not None and not received else describe_os_error(exc)
+        return _failed(target, received, why, started)
     except OSError as exc:
         return _failed(target, received, describe_os_error(exc), started)
     finally:

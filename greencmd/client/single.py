@@ -18,7 +18,7 @@ from typing import BinaryIO, NamedTuple
 
 from ..core import protocol
 from ..core.errors import describe_os_error, duration
-from ..core.tls import PLAIN_HINT, REFUSED_CERT_HINT, client_tls_failure, is_tls
+from ..core.tls import PLAIN_HINT, REFUSED_CERT_HINT, TLS_RESET, client_tls_failure, is_tls
 
 __all__ = ["Endpoint", "ClientError", "OK", "FAILED", "UNREACHABLE", "request", "interact",
            "follow", "is_follow"]
@@ -133,7 +133,7 @@ def request(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
             sock.sendall(line + b"\n")
             no_more_requests(sock)  # the server answers, then closes
         except OSError as exc:
-            raise _lost(exc, where, timeout) from None
+            raise _lost(exc, where, timeout, endpoint.tls) from None
         replies = _copy_replies(sock, out, timeout, where)
     return _status(replies, expects_reply(line), where,
                    REFUSED_CERT_HINT if endpoint.tls else PLAIN_HINT)
@@ -289,7 +289,7 @@ def _copy_replies(sock: socket.socket, out: BinaryIO, timeout: float, where: str
     """Copy everything until the server closes, scanning it for error replies."""
     replies = replies or protocol.ReplyScanner()
     while True:
-        data = _recv(sock, timeout, where)
+        data = _recv(sock, timeout, where, replies.received)
         if not data:
             return replies
         replies.feed(data)
@@ -297,17 +297,21 @@ def _copy_replies(sock: socket.socket, out: BinaryIO, timeout: float, where: str
         out.flush()
 
 
-def _recv(sock: socket.socket, timeout: float | None, where: str) -> bytes:
+def _recv(sock: socket.socket, timeout: float | None, where: str,
+          received: bool = True) -> bytes:
     try:
         return sock.recv(RECV_SIZE)
     except OSError as exc:
-        raise _lost(exc, where, timeout) from None
+        raise _lost(exc, where, timeout, not received and is_tls(sock)) from None
 
 
-def _lost(exc: OSError, where: str, timeout: float | None) -> ClientError:
-    """A failed read as the one sentence the user sees."""
+def _lost(exc: OSError, where: str, timeout: float | None,
+          tls_before_reply: bool = False) -> ClientError:
+    """A failed read or write as the one sentence the user sees."""
     if isinstance(exc, ssl.SSLError):  # TLS 1.3 reports a refused certificate only now
         return ClientError("TLS with %s failed: %s" % (where, client_tls_failure(exc)))
+    if tls_before_reply and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return ClientError("%s %s" % (where, TLS_RESET))
     if isinstance(exc, TimeoutError) and timeout is not None:
         return ClientError("no reply from %s within %s" % (where, duration(timeout)))
     return ClientError("connection to %s lost: %s" % (where, describe_os_error(exc)))

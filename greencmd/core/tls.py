@@ -11,13 +11,17 @@ import ssl
 
 __all__ = ["HANDSHAKE_SECONDS", "server_context", "client_context", "describe_tls_error",
            "is_tls", "client_tls_failure", "server_handshake_failure", "PLAIN_HINT",
-           "REFUSED_CERT_HINT"]
+           "REFUSED_CERT_HINT", "TLS_RESET"]
 
 #: What a plain client is told when a server closes without a word: TLS ports do that.
 PLAIN_HINT = " (a TLS port does that to a client without --tls)"
 #: And a TLS client: with TLS 1.3 a refused client certificate is learnt only then.
 REFUSED_CERT_HINT = (" (a server with mutual TLS does that when it refuses the client "
                      "certificate: give --cert and --key signed by the CA it trusts)")
+#: A TLS client reset before any reply: TLS 1.3 refuses a client certificate after the
+#: handshake, and the reset of a server that closed with our request unread can
+#: overtake its alert.
+TLS_RESET = "reset the connection without a reply" + REFUSED_CERT_HINT
 
 #: Client side: OpenSSL's reason -> what it likely means, and the option that fixes it.
 _CLIENT_REASONS = {
@@ -101,6 +105,9 @@ def is_tls(sock: object) -> bool:
 def client_tls_failure(exc: BaseException) -> str:
     """A client's failed TLS exchange as one phrase naming the likely cause and the fix."""
     if isinstance(exc, ssl.SSLCertVerificationError):
+        if "CA cert" in (exc.verify_message or ""):  # Python 3.13+ checks the CA strictly
+            return ("%s: make the CA certificate again with keyUsage=critical,keyCertSign and "
+                    "basicConstraints=critical,CA:TRUE" % describe_tls_error(exc))
         return ("%s: give --cafile with the CA that signed the server's certificate, or "
                 "connect to a name the certificate holds" % describe_tls_error(exc))
     reason = getattr(exc, "reason", None) or ""
