@@ -11,9 +11,13 @@ import sys
 import time
 
 import pytest
-from conftest import HELP, REPO, read_until, run_greencmd
+from conftest import ENGINES, HELP, REPO, read_until, run_greencmd
 
 NOT_FOUND = b"Command not found.\n"
+#: asyncio serves TLS from Python 3.11 on (StreamWriter.start_tls); before, greencmd
+#: refuses to start it (tested below), so these tests run on the other two engines.
+TLS_ENGINES = ENGINES if sys.version_info >= (3, 11) else ("gevent", "twisted")
+pytestmark = pytest.mark.engines(*TLS_ENGINES)
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 CA_EXTENSIONS = ["-addext", "basicConstraints=critical,CA:TRUE",
                  "-addext", "keyUsage=critical,keyCertSign,cRLSign"]
@@ -352,3 +356,17 @@ def test_a_ca_made_without_key_usage_is_named_where_python_refuses_it(tls_server
             b"with keyUsage=critical,keyCertSign and basicConstraints=critical,CA:TRUE\n")
     else:
         assert (result.returncode, result.stdout) == (0, HELP)
+
+
+@pytest.mark.engines("asyncio")
+def test_asyncio_tls_before_python_3_11_is_refused_in_one_sentence(pki):
+    result = run_greencmd("serve", "--engine", "asyncio", "--port", "0", "--tls-cert",
+                          str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
+                          timeout=10) if sys.version_info < (3, 11) else None
+    if result is None:  # 3.11 and newer serve it: every test above runs on asyncio too
+        assert TLS_ENGINES == ENGINES
+        return
+    assert result.returncode == 2
+    assert result.stderr.endswith(b"Error: TLS with --engine asyncio needs Python 3.11 or "
+                                  b"newer (StreamWriter.start_tls); use --engine gevent or "
+                                  b"twisted.\n")
