@@ -134,11 +134,10 @@ def ask(target: Target, line: bytes, profile: Profile, on_line=None,
     except Refused as exc:
         return Outcome(target, FAILED, b"".join(received), str(exc) or "no reply to auth",
                        _since(started))
-    except (ConnectionResetError, BrokenPipeError) as exc:
-        why = TLS_RESET if tls is not None and not received else describe_os_error(exc)
-        return _failed(target, received, why, started)
     except OSError as exc:
-        return _failed(target, received, describe_os_error(exc), started)
+        reset = isinstance(exc, (ConnectionResetError, BrokenPipeError))
+        why = TLS_RESET if reset and tls is not None and not received else describe_os_error(exc)
+        return _failed(target, received, why, started)
     finally:
         if sock is not None:
             sock.close()

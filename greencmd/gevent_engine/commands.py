@@ -61,7 +61,7 @@ class ServerState(BaseState):
         """Choose the lastlog source, load plugins, start the hashing threads."""
         return cls.build("gevent", config, sessions, BUILTINS,
                          lambda spec: Command(functools.partial(program, spec), waits=True,
-                                                     watch_after=WATCH_AFTER),
+                                              watch_after=WATCH_AFTER),
                          lambda extra: Command(functools.partial(plugin, extra), waits=True),
                          pool=ThreadPool(config.hash_threads))
 
