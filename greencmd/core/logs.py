@@ -69,7 +69,7 @@ class TwistedFormatter(logging.Formatter):
             if second != self._second:
                 self._second = second
                 self._stamp = time.strftime("%Y-%m-%d %H:%M:%S%z", time.localtime(second))
-            parts.append("%s [%s] %s\n" % (self._stamp, entry[1], entry[2]))
+            parts.append(f"{self._stamp} [{entry[1]}] {entry[2]}\n")
         return "".join(parts)
 
 
@@ -376,7 +376,7 @@ class AcceptFailureLog:
 
 def session_name(number: int, host: str) -> str:
     """The ``[system]`` of session ``number``: ``CmdSession,N,HOST``."""
-    return "%s,%d,%s" % (SESSION, number, host)
+    return f"{SESSION},{number},{host}"
 
 
 def json_line(created: float, system: str, message: str, event: str, level: str,
@@ -407,29 +407,35 @@ def use_json_lines(on: bool) -> None:
 
 def log_connection(host: str) -> None:
     """Log an accepted connection (refused ones included)."""
-    log("Client connection from %s" % host, LISTENER, "connect", peer=host)
+    log(f"Client connection from {host}", LISTENER, "connect", peer=host)
 
 
 def log_lost(reason: str, system: str) -> None:
-    """Log the end of a session and why.
-
-    A failed ``auth`` is logged at most once a second per client address (anyone
-    who can connect could otherwise fill the disk guessing); the next line that
-    is logged says how many were left out.
-    """
-    message = "Lost client connection. Reason: %s" % reason
-    fields: dict[str, object] = {"reason": reason}
+    """Log the end of a session and why (a failed ``auth``: see :func:`log_auth_failure`)."""
+    message = f"Lost client connection. Reason: {reason}"
     if reason == AUTH_FAILED:
-        peer = system.rsplit(",", 1)[-1]
-        if not _auth_failures.allow(peer):
-            if len(_auth_failures_unlogged) > 10000:  # addresses come from clients: bounded
-                _auth_failures_unlogged.clear()
-            _auth_failures_unlogged[peer] = _auth_failures_unlogged.get(peer, 0) + 1
-            return
-        unlogged = _auth_failures_unlogged.pop(peer, 0)
-        if unlogged:
-            message += " (%d more failed from %s since the last such line)" % (unlogged, peer)
-            fields["unlogged"] = unlogged
+        log_auth_failure(message, system)
+    else:
+        log(message, system, "session_end", reason=reason)
+
+
+def log_auth_failure(message: str, system: str) -> None:
+    """Log a session ended by a failed ``auth``, at most once a second per client address.
+
+    Anyone who can connect could otherwise fill the disk guessing; the next
+    line that is logged says how many were left out.
+    """
+    peer = system.rsplit(",", 1)[-1]
+    if not _auth_failures.allow(peer):
+        if len(_auth_failures_unlogged) > 10000:  # addresses come from clients: bounded
+            _auth_failures_unlogged.clear()
+        _auth_failures_unlogged[peer] = _auth_failures_unlogged.get(peer, 0) + 1
+        return
+    fields: dict[str, object] = {"reason": AUTH_FAILED}
+    unlogged = _auth_failures_unlogged.pop(peer, 0)
+    if unlogged:
+        message += f" ({unlogged} more failed from {peer} since the last such line)"
+        fields["unlogged"] = unlogged
     log(message, system, "session_end", **fields)
 
 
@@ -440,4 +446,4 @@ _auth_failures_unlogged: dict[str, int] = {}
 def log_request(host: str, line: bytes, system: str) -> None:
     """Log a request line, escaped for a terminal."""
     text = printable(line)  # the caller passes auth's line with the token hidden
-    log("Cmd received from %s : %s" % (host, text), system, "request", request=text)
+    log(f"Cmd received from {host} : {text}", system, "request", request=text)

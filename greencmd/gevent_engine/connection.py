@@ -137,7 +137,8 @@ class Connection:
         return line
 
     def _receive(self) -> bytes:
-        self.sock.settimeout(None)  # the reaper keeps the idle timeout (see above)
+        if self.sock.gettimeout() is not None:  # a send's; the reaper keeps the idle timeout
+            self.sock.settimeout(None)
         try:
             return self.sock.recv(RECV_SIZE)
         except OSError as exc:
