@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -370,3 +371,60 @@ def test_asyncio_tls_before_python_3_11_is_refused_in_one_sentence(pki):
     assert result.stderr.endswith(b"Error: TLS with --engine asyncio needs Python 3.11 or "
                                   b"newer (StreamWriter.start_tls); use --engine gevent or "
                                   b"twisted.\n")
+
+
+@contextlib.contextmanager
+def resetting_tls_server(pki):
+    """A TLS server that resets each connection as soon as its handshake is done.
+
+    What a mutual-TLS server does when it refuses a client certificate and its reset
+    overtakes the alert. TLS 1.2, where the server's message ends the handshake: the
+    reset is there before the client's first write, which OpenSSL then calls an EOF.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(pki / "server.pem"), str(pki / "server.key"))
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                raw, _ = listener.accept()
+                # SO_LINGER of zero: close() sends a reset, not a FIN.
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+                with contextlib.suppress(OSError):
+                    context.wrap_socket(raw, server_side=True).close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(30)
+
+
+@pytest.mark.engines("gevent")  # the client is what is tested: no greencmd server here
+def test_a_reset_before_any_reply_over_tls_names_the_likely_cause(pki):
+    ca = str(pki / "ca.pem")
+    with resetting_tls_server(pki) as port, resetting_tls_server(pki) as other:
+        single = run_greencmd("client", "--port", str(port), "--cafile", ca, "help")
+        fleet = run_greencmd("client", "--host", "127.0.0.1:%d" % port, "--host",
+                             "127.0.0.1:%d" % other, "--cafile", ca, "help")
+    # Writing its request the client meets the reset, which OpenSSL calls an EOF (or,
+    # reading, a reset): never "it may not speak TLS" after a handshake.
+    hint = (b" the connection without a reply (a server with mutual TLS does that when it "
+            b"refuses the client certificate: give --cert and --key signed by the CA it "
+            b"trusts)")
+    assert single.returncode == 3
+    assert single.stderr in (b"greencmd: 127.0.0.1:%d %s%s\n" % (port, how, hint)
+                             for how in (b"reset", b"closed")), single.stderr
+    assert fleet.returncode == 3
+    lines = fleet.stdout.splitlines()
+    assert len(lines) == 2
+    for server in (port, other):
+        said = {b"127.0.0.1:%d: error: %s%s" % (server, how, hint)
+                for how in (b"reset", b"closed")}
+        assert len(said.intersection(lines)) == 1, lines
+    assert fleet.stderr == b"2 servers: 0 ok, 0 error replies, 2 unreachable\n"

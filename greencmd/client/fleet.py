@@ -31,10 +31,12 @@ from ..core.stats import parse_reply
 from ..core.tls import (
     PLAIN_HINT,
     REFUSED_CERT_HINT,
+    TLS_CLOSED,
     TLS_RESET,
     client_context,
     client_tls_failure,
     describe_tls_error,
+    is_tls,
 )
 from .gather import print_gathered
 from .hosts import Target
@@ -130,6 +132,8 @@ def ask(target: Target, line: bytes, profile: Profile, on_line=None,
     except TimeoutError:
         return _failed(target, received, "no reply within %s" % duration(timeout), started)
     except ssl.SSLError as exc:
+        if isinstance(exc, ssl.SSLEOFError) and is_tls(sock) and not received:
+            return _failed(target, received, TLS_CLOSED, started)  # after the handshake
         return _failed(target, received, "TLS failed: %s" % client_tls_failure(exc), started)
     except Refused as exc:
         return Outcome(target, FAILED, b"".join(received), str(exc) or "no reply to auth",

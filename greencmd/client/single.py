@@ -18,7 +18,14 @@ from typing import BinaryIO, NamedTuple
 
 from ..core import protocol
 from ..core.errors import describe_os_error, duration
-from ..core.tls import PLAIN_HINT, REFUSED_CERT_HINT, TLS_RESET, client_tls_failure, is_tls
+from ..core.tls import (
+    PLAIN_HINT,
+    REFUSED_CERT_HINT,
+    TLS_CLOSED,
+    TLS_RESET,
+    client_tls_failure,
+    is_tls,
+)
 
 __all__ = ["Endpoint", "ClientError", "OK", "FAILED", "UNREACHABLE", "request", "interact",
            "follow", "is_follow"]
@@ -307,7 +314,12 @@ def _recv(sock: socket.socket, timeout: float | None, where: str,
 
 def _lost(exc: OSError, where: str, timeout: float | None,
           tls_before_reply: bool = False) -> ClientError:
-    """A failed read or write as the one sentence the user sees."""
+    """A failed read or write as the one sentence the user sees.
+
+    ``tls_before_reply``: over TLS, after the handshake, before any reply.
+    """
+    if tls_before_reply and isinstance(exc, ssl.SSLEOFError):
+        return ClientError("%s %s" % (where, TLS_CLOSED))
     if isinstance(exc, ssl.SSLError):  # TLS 1.3 reports a refused certificate only now
         return ClientError("TLS with %s failed: %s" % (where, client_tls_failure(exc)))
     if tls_before_reply and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
