@@ -110,6 +110,17 @@ def test_lastlog_count_refused(arg):
         protocol.parse_lastlog_count(arg)
 
 
+@pytest.mark.parametrize("output", [
+    b"", b"a", b"a\n", b"a\n\n", b"\n", b"a\nb", b"a\r\nb\r\n", b"==> f <==", b"==\n",
+    b"a\n==> f <==\nb\n", b"a==b\n", b"a\n =x\n", b"\n==\n", b"x\n" * 1000 + b"==y"])
+def test_log_lines_ends_every_line_with_lf_and_drops_only_header_lines(output):
+    lines = output.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    expected = b"".join(line + b"\n" for line in lines if not line.startswith(b"=="))
+    assert protocol.log_lines(output) == expected
+
+
 def test_lastlog_reply_frames_and_drops_header_lines():
     assert protocol.lastlog_reply(b"a\n==> f <==\nb") == b"Begin lastlog\na\nb\nEnd lastlog\n"
     assert protocol.lastlog_reply(b"") == b"Begin lastlog\nEnd lastlog\n"

@@ -223,6 +223,8 @@ def lastlog_reply(output: bytes) -> bytes:
 
 def log_lines(output: bytes) -> bytes:
     """Log text as lastlog and follow send it: ``==`` lines left out, each line ending in LF."""
+    if not output.startswith(b"==") and b"\n==" not in output:  # the usual case: as it is
+        return output + b"\n" if output and not output.endswith(b"\n") else output
     lines = output.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
