@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import ENGINES, HELP, REPO, read_until, run_greencmd
+from conftest import ENGINES, HELP, REPO, greencmd_env, read_until, run_greencmd
 
 NOT_FOUND = b"Command not found.\n"
 #: asyncio serves TLS from Python 3.11 on (StreamWriter.start_tls); before, greencmd
@@ -428,3 +428,30 @@ def test_a_reset_before_any_reply_over_tls_names_the_likely_cause(pki):
                 for how in (b"reset", b"closed")}
         assert len(said.intersection(lines)) == 1, lines
     assert fleet.stderr == b"2 servers: 0 ok, 0 error replies, 2 unreachable\n"
+
+
+@pytest.mark.engines("gevent")  # the client is what is tested: no greencmd server here
+def test_the_interactive_client_names_a_reset_after_the_handshake_too(pki):
+    ca = str(pki / "ca.pem")
+    with resetting_tls_server(pki) as port:
+        # A request at once: its write meets the reset.
+        typed = run_greencmd("client", "--port", str(port), "--cafile", ca, input=b"help\n")
+        # Nothing typed yet, stdin left open: the server closes first, without a word
+        # (the client used to exit 0 and say nothing, as if all were well).
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "greencmd", "client", "--port", str(port), "--cafile", ca],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=greencmd_env())
+        try:
+            waiting.wait(timeout=20)
+        finally:
+            waiting.kill()
+            waiting.stdin.close()
+    expected = [b"greencmd: 127.0.0.1:%d %s the connection without a reply (a server with "
+                b"mutual TLS does that when it refuses the client certificate: give --cert "
+                b"and --key signed by the CA it trusts)\n" % (port, how)
+                for how in (b"reset", b"closed")]
+    assert (typed.returncode, typed.stdout) == (3, b"")
+    assert typed.stderr in expected, typed.stderr
+    assert (waiting.returncode, waiting.stdout.read()) == (3, b"")
+    assert waiting.stderr.read() in expected

@@ -165,7 +165,7 @@ def follow(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
     signal.signal(signal.SIGTERM, _interrupt)  # kill stops it as cleanly as Ctrl-C
     with open_session(endpoint, timeout, token) as sock:
         try:
-            _send_or_close(sock, line + b"\n", where)
+            _send_or_close(sock, line + b"\n", where, received=False)
             sock.settimeout(None)
             while data := _recv(sock, None, where):
                 replies.feed(data)
@@ -197,9 +197,10 @@ def interact(endpoint: Endpoint, timeout: float, stdin_fd: int, out: BinaryIO,
 
     Ends when the server closes; at EOF on stdin the sending side is closed and
     the remaining replies are awaited, ``timeout`` seconds each. Any error reply
-    makes the exit status 1.
+    makes the exit status 1; a server that closes first without a word, 3.
     """
     where = endpoint.where
+    hint = REFUSED_CERT_HINT if endpoint.tls else PLAIN_HINT
     with open_session(endpoint, timeout, token) as sock, \
             selectors.DefaultSelector() as sel:
         try:
@@ -214,16 +215,16 @@ def interact(endpoint: Endpoint, timeout: float, stdin_fd: int, out: BinaryIO,
                 if key.fd == stdin_fd:
                     data = os.read(stdin_fd, RECV_SIZE)
                     asked = asked or expects_reply(data)
-                    _send_or_close(sock, data, where)
+                    _send_or_close(sock, data, where, replies.received)
                     if not data:
                         sel.unregister(stdin_fd)
                         sock.settimeout(timeout)
                         _copy_replies(sock, out, timeout, where, replies)
-                        return _status(replies, asked, where)
+                        return _status(replies, asked, where, hint)
                     continue
-                data = _recv(sock, timeout, where)
-                if not data:
-                    return _status(replies, asked, where)
+                data = _recv(sock, timeout, where, replies.received)
+                if not data:  # the server closed first: without a word, that is a failure
+                    return _status(replies, asked or not replies.received, where, hint)
                 replies.feed(data)
                 out.write(data)
                 out.flush()
@@ -281,14 +282,15 @@ def no_more_requests(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_WR)
 
 
-def _send_or_close(sock: socket.socket, data: bytes, where: str) -> None:
+def _send_or_close(sock: socket.socket, data: bytes, where: str,
+                   received: bool = True) -> None:
     try:
         if data:
             sock.sendall(data)
         else:
             no_more_requests(sock)
     except OSError as exc:
-        raise _lost(exc, where, None) from None
+        raise _lost(exc, where, None, not received and is_tls(sock)) from None
 
 
 def _copy_replies(sock: socket.socket, out: BinaryIO, timeout: float, where: str,
@@ -318,8 +320,10 @@ def _lost(exc: OSError, where: str, timeout: float | None,
 
     ``tls_before_reply``: over TLS, after the handshake, before any reply.
     """
-    if tls_before_reply and isinstance(exc, ssl.SSLEOFError):
-        return ClientError("%s %s" % (where, TLS_CLOSED))
+    if isinstance(exc, ssl.SSLEOFError):  # a close or reset, as OpenSSL sees it: not TLS's fault
+        if tls_before_reply:
+            return ClientError("%s %s" % (where, TLS_CLOSED))
+        return ClientError("connection to %s lost: the server closed it" % where)
     if isinstance(exc, ssl.SSLError):  # TLS 1.3 reports a refused certificate only now
         return ClientError("TLS with %s failed: %s" % (where, client_tls_failure(exc)))
     if tls_before_reply and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
