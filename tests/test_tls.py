@@ -410,6 +410,8 @@ def test_a_reset_before_any_reply_over_tls_names_the_likely_cause(pki):
     ca = str(pki / "ca.pem")
     with resetting_tls_server(pki) as port, resetting_tls_server(pki) as other:
         single = run_greencmd("client", "--port", str(port), "--cafile", ca, "help")
+        with_token = run_greencmd("client", "--port", str(port), "--cafile", ca, "help",
+                                  env=greencmd_env(GREENCMD_TOKEN="a token of twenty chars"))
         fleet = run_greencmd("client", "--host", "127.0.0.1:%d" % port, "--host",
                              "127.0.0.1:%d" % other, "--cafile", ca, "help")
     # Writing its request the client meets the reset, which OpenSSL calls an EOF (or,
@@ -417,9 +419,10 @@ def test_a_reset_before_any_reply_over_tls_names_the_likely_cause(pki):
     hint = (b" the connection without a reply (a server with mutual TLS does that when it "
             b"refuses the client certificate: give --cert and --key signed by the CA it "
             b"trusts)")
-    assert single.returncode == 3
-    assert single.stderr in (b"greencmd: 127.0.0.1:%d %s%s\n" % (port, how, hint)
-                             for how in (b"reset", b"closed")), single.stderr
+    for result in (single, with_token):  # with a token, auth's write meets the reset
+        assert result.returncode == 3
+        assert result.stderr in (b"greencmd: 127.0.0.1:%d %s%s\n" % (port, how, hint)
+                                 for how in (b"reset", b"closed")), result.stderr
     assert fleet.returncode == 3
     lines = fleet.stdout.splitlines()
     assert len(lines) == 2
@@ -431,11 +434,15 @@ def test_a_reset_before_any_reply_over_tls_names_the_likely_cause(pki):
 
 
 @pytest.mark.engines("gevent")  # the client is what is tested: no greencmd server here
-def test_the_interactive_client_names_a_reset_after_the_handshake_too(pki):
+def test_the_interactive_client_names_a_reset_after_the_handshake_too(pki, tmp_path):
     ca = str(pki / "ca.pem")
+    requests = tmp_path / "requests.txt"
+    requests.write_bytes(b"help\n")
     with resetting_tls_server(pki) as port:
         # A request at once: its write meets the reset.
         typed = run_greencmd("client", "--port", str(port), "--cafile", ca, input=b"help\n")
+        with requests.open("rb") as stdin:  # a file: sent by a thread of its own
+            from_file = run_greencmd("client", "--port", str(port), "--cafile", ca, stdin=stdin)
         # Nothing typed yet, stdin left open: the server closes first, without a word
         # (the client used to exit 0 and say nothing, as if all were well).
         waiting = subprocess.Popen(
@@ -451,7 +458,8 @@ def test_the_interactive_client_names_a_reset_after_the_handshake_too(pki):
                 b"mutual TLS does that when it refuses the client certificate: give --cert "
                 b"and --key signed by the CA it trusts)\n" % (port, how)
                 for how in (b"reset", b"closed")]
-    assert (typed.returncode, typed.stdout) == (3, b"")
-    assert typed.stderr in expected, typed.stderr
+    for result in (typed, from_file):
+        assert (result.returncode, result.stdout) == (3, b"")
+        assert result.stderr in expected, result.stderr
     assert (waiting.returncode, waiting.stdout.read()) == (3, b"")
     assert waiting.stderr.read() in expected

@@ -112,11 +112,13 @@ def open_session(endpoint: Endpoint, timeout: float, token: bytes | None) -> soc
     except Refused as refused:
         sock.close()
         if not str(refused):
-            raise ClientError("%s closed the connection without a reply" % where) from None
+            hint = REFUSED_CERT_HINT if is_tls(sock) else PLAIN_HINT
+            raise ClientError("%s closed the connection without a reply%s" % (where, hint)) \
+                from None
         raise Refused("%s: %s" % (where, refused)) from None
     except OSError as exc:
         sock.close()
-        raise _lost(exc, where, timeout) from None
+        raise _lost(exc, where, timeout, is_tls(sock)) from None  # before any reply
     return sock
 
 
@@ -251,8 +253,8 @@ def _send_file(sock: socket.socket, fd: int, out: BinaryIO, timeout: float,
     if failure and isinstance(failure[0], TimeoutError):
         raise ClientError("%s took no more requests for %s" % (where, duration(timeout)))
     if failure and not replies.received:
-        raise ClientError("connection to %s lost: %s" % (where, describe_os_error(failure[0])))
-    return _status(replies, asked[0], where)
+        raise _lost(failure[0], where, timeout, is_tls(sock))
+    return _status(replies, asked[0], where, REFUSED_CERT_HINT if is_tls(sock) else PLAIN_HINT)
 
 
 def expects_reply(data: bytes) -> bool:
