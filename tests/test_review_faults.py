@@ -135,6 +135,40 @@ def test_a_second_kill_during_cleanup_still_reaps_the_child():
     assert result.stdout == b"none\n", (result.stdout, result.stderr[-2000:])
 
 
+REAPED_FIRST = r'''
+import asyncio, sys, time
+from greencmd.asyncio_engine import processes
+
+async def main():
+    child = await processes.start(["sh", "-c", "sleep %s & sleep 0.3" % sys.argv[1]])
+    # The loop is busy while the child exits: asyncio's watcher thread reaps it, and
+    # its callback (which sets the return code) waits for the loop.
+    time.sleep(1)
+    assert child.returncode is None
+    started = time.monotonic()
+    # Awaited in this task (no task of its own, which would let the callback run first).
+    give_up = asyncio.get_running_loop().call_later(5, asyncio.current_task().cancel)
+    try:
+        await processes.exited(child)
+        print("exited after %.1f s" % (time.monotonic() - started))
+    except asyncio.CancelledError:
+        print("still waiting after 5 s")
+    finally:
+        give_up.cancel()
+        processes.kill_group(child)  # the sleep that holds the pipes
+
+asyncio.run(main())
+'''
+
+
+def test_asyncio_sees_the_exit_of_a_child_its_watcher_reaped_first():
+    # Found as a rare CI failure: the grandchild test timed out on asyncio when
+    # pidfd_open() came after the reap and the fallback waited for the pipes.
+    result = subprocess.run([sys.executable, "-c", REAPED_FIRST, "47.5"], env=greencmd_env(),
+                            capture_output=True, timeout=60)
+    assert result.stdout == b"exited after 0.0 s\n", (result.stdout, result.stderr[-2000:])
+
+
 @pytest.mark.engines("gevent", "twisted")
 def test_a_reset_storm_of_lastlogs_does_not_starve_a_polite_client(start_server, tmp_path):
     big = tmp_path / "big.log"

@@ -72,6 +72,10 @@ async def exited(child: Process) -> None:
     """
     try:
         fd = os.pidfd_open(child.pid)
+    except ProcessLookupError:
+        # asyncio's watcher reaped it already: it has exited. (Process.wait() would
+        # still wait for the pipes, if the watcher's callback has not run yet.)
+        return
     except (AttributeError, OSError):  # no pidfds here: wait as asyncio does
         await child.wait()
         return
