@@ -29,14 +29,12 @@ from ..core.auth import read_token_file
 from ..core.errors import describe_os_error, duration
 from ..core.stats import parse_reply
 from ..core.tls import (
-    PLAIN_HINT,
-    REFUSED_CERT_HINT,
-    TLS_CLOSED,
     TLS_RESET,
     client_context,
     client_tls_failure,
     describe_tls_error,
     is_tls,
+    no_reply,
 )
 from .gather import print_gathered
 from .hosts import Target
@@ -133,7 +131,7 @@ def ask(target: Target, line: bytes, profile: Profile, on_line=None,
         return _failed(target, received, "no reply within %s" % duration(timeout), started)
     except ssl.SSLError as exc:
         if isinstance(exc, ssl.SSLEOFError) and is_tls(sock) and not received:
-            return _failed(target, received, TLS_CLOSED, started)  # after the handshake
+            return _failed(target, received, no_reply(True), started)  # after the handshake
         return _failed(target, received, "TLS failed: %s" % client_tls_failure(exc), started)
     except Refused as exc:
         return Outcome(target, FAILED, b"".join(received), str(exc) or "no reply to auth",
@@ -147,8 +145,7 @@ def ask(target: Target, line: bytes, profile: Profile, on_line=None,
             sock.close()
     reply = b"".join(received)
     if not reply:
-        return _failed(target, received, "closed the connection without a reply"
-                       + (REFUSED_CERT_HINT if tls else PLAIN_HINT), started)
+        return _failed(target, received, no_reply(tls is not None), started)
     return Outcome(target, FAILED if replies.failed else OK, reply, None, _since(started))
 
 

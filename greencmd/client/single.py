@@ -18,14 +18,7 @@ from typing import BinaryIO, NamedTuple
 
 from ..core import protocol
 from ..core.errors import describe_os_error, duration
-from ..core.tls import (
-    PLAIN_HINT,
-    REFUSED_CERT_HINT,
-    TLS_CLOSED,
-    TLS_RESET,
-    client_tls_failure,
-    is_tls,
-)
+from ..core.tls import NO_REPLY, TLS_RESET, client_tls_failure, is_tls, no_reply
 
 __all__ = ["Endpoint", "ClientError", "OK", "FAILED", "UNREACHABLE", "request", "interact",
            "follow", "is_follow"]
@@ -112,9 +105,7 @@ def open_session(endpoint: Endpoint, timeout: float, token: bytes | None) -> soc
     except Refused as refused:
         sock.close()
         if not str(refused):
-            hint = REFUSED_CERT_HINT if is_tls(sock) else PLAIN_HINT
-            raise ClientError("%s closed the connection without a reply%s" % (where, hint)) \
-                from None
+            raise ClientError("%s %s" % (where, no_reply(is_tls(sock)))) from None
         raise Refused("%s: %s" % (where, refused)) from None
     except OSError as exc:
         sock.close()
@@ -144,8 +135,7 @@ def request(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
         except OSError as exc:
             raise _lost(exc, where, timeout, endpoint.tls) from None
         replies = _copy_replies(sock, out, timeout, where)
-    return _status(replies, expects_reply(line), where,
-                   REFUSED_CERT_HINT if endpoint.tls else PLAIN_HINT)
+    return _status(replies, expects_reply(line), where, no_reply(endpoint.tls))
 
 
 def is_follow(line: bytes) -> bool:
@@ -202,7 +192,7 @@ def interact(endpoint: Endpoint, timeout: float, stdin_fd: int, out: BinaryIO,
     makes the exit status 1; a server that closes first without a word, 3.
     """
     where = endpoint.where
-    hint = REFUSED_CERT_HINT if endpoint.tls else PLAIN_HINT
+    why = no_reply(endpoint.tls)
     with open_session(endpoint, timeout, token) as sock, \
             selectors.DefaultSelector() as sel:
         try:
@@ -222,11 +212,11 @@ def interact(endpoint: Endpoint, timeout: float, stdin_fd: int, out: BinaryIO,
                         sel.unregister(stdin_fd)
                         sock.settimeout(timeout)
                         _copy_replies(sock, out, timeout, where, replies)
-                        return _status(replies, asked, where, hint)
+                        return _status(replies, asked, where, why)
                     continue
                 data = _recv(sock, timeout, where, replies.received)
                 if not data:  # the server closed first: without a word, that is a failure
-                    return _status(replies, asked or not replies.received, where, hint)
+                    return _status(replies, asked or not replies.received, where, why)
                 replies.feed(data)
                 out.write(data)
                 out.flush()
@@ -254,7 +244,7 @@ def _send_file(sock: socket.socket, fd: int, out: BinaryIO, timeout: float,
         raise ClientError("%s took no more requests for %s" % (where, duration(timeout)))
     if failure and not replies.received:
         raise _lost(failure[0], where, timeout, is_tls(sock))
-    return _status(replies, asked[0], where, REFUSED_CERT_HINT if is_tls(sock) else PLAIN_HINT)
+    return _status(replies, asked[0], where, no_reply(is_tls(sock)))
 
 
 def expects_reply(data: bytes) -> bool:
@@ -266,13 +256,12 @@ def expects_reply(data: bytes) -> bool:
     return False
 
 
-def _status(replies: protocol.ReplyScanner, asked: bool, where: str, hint: str = "") -> int:
-    """The exit status for what came back; no reply to a request is a failure (3).
-
-    ``hint`` ends the no-reply sentence (:data:`PLAIN_HINT` for a plain client).
-    """
+def _status(replies: protocol.ReplyScanner, asked: bool, where: str,
+            why: str = NO_REPLY) -> int:
+    """The exit status for what came back; no reply to a request is a failure (3), said
+    with ``why`` (:func:`no_reply`'s sentence, which names the likely cause)."""
     if asked and not replies.received:
-        raise ClientError("%s closed the connection without a reply%s" % (where, hint))
+        raise ClientError("%s %s" % (where, why))
     return FAILED if replies.failed else OK
 
 
@@ -324,7 +313,7 @@ def _lost(exc: OSError, where: str, timeout: float | None,
     """
     if isinstance(exc, ssl.SSLEOFError):  # a close or reset, as OpenSSL sees it: not TLS's fault
         if tls_before_reply:
-            return ClientError("%s %s" % (where, TLS_CLOSED))
+            return ClientError("%s %s" % (where, no_reply(True)))
         return ClientError("connection to %s lost: the server closed it" % where)
     if isinstance(exc, ssl.SSLError):  # TLS 1.3 reports a refused certificate only now
         return ClientError("TLS with %s failed: %s" % (where, client_tls_failure(exc)))

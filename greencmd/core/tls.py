@@ -11,7 +11,7 @@ import ssl
 
 __all__ = ["HANDSHAKE_SECONDS", "server_context", "client_context", "describe_tls_error",
            "is_tls", "client_tls_failure", "server_handshake_failure", "PLAIN_HINT",
-           "REFUSED_CERT_HINT", "TLS_RESET", "TLS_CLOSED"]
+           "REFUSED_CERT_HINT", "TLS_RESET", "NO_REPLY", "no_reply"]
 
 #: What a plain client is told when a server closes without a word: TLS ports do that.
 PLAIN_HINT = " (a TLS port does that to a client without --tls)"
@@ -22,9 +22,16 @@ REFUSED_CERT_HINT = (" (a server with mutual TLS does that when it refuses the c
 #: handshake, and the reset of a server that closed with our request unread can
 #: overtake its alert.
 TLS_RESET = "reset the connection without a reply" + REFUSED_CERT_HINT
-#: The same server seen by a client writing when the reset comes: OpenSSL says EOF
-#: (``SSLEOFError``), which after a completed handshake never means "not TLS".
-TLS_CLOSED = "closed the connection without a reply" + REFUSED_CERT_HINT
+#: What a client says of a server that closed before any reply (see no_reply()).
+NO_REPLY = "closed the connection without a reply"
+
+
+def no_reply(tls: bool) -> str:
+    """The no-reply sentence, with why a server may close on such a client: a TLS port
+    closes on a plain client, a mutual-TLS server on a refused client certificate (also
+    what OpenSSL's EOF after a completed handshake means, never "not TLS")."""
+    return NO_REPLY + (REFUSED_CERT_HINT if tls else PLAIN_HINT)
+
 
 #: Client side: OpenSSL's reason -> what it likely means, and the option that fixes it.
 _CLIENT_REASONS = {
