@@ -71,7 +71,7 @@ def test_buffer_never_holds_more_than_about_one_line():
         if buffer.too_long:
             break
     assert buffer.too_long
-    assert len(buffer._pending) == 0
+    assert len(buffer.pending) == 0
 
 
 def test_unterminated_last_line_loses_a_final_cr_before_it_is_measured():
@@ -95,6 +95,29 @@ def test_unterminated_line_over_the_limit_at_eof():
 ])
 def test_parse_request(line, expected):
     assert parse_request(line) == expected
+
+
+def http_by_the_whole_line(line: bytes) -> str | None:
+    """The HTTP rule read straight from docs/protocol.md: a Host header, or a whole
+    request line (method, target, version), with no shortcut."""
+    word = line.split()[0].lower()
+    if word.startswith(b"host:") or protocol._HTTP_REQUEST.fullmatch(line.strip()):
+        return "HTTP"
+    return None
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b"GET / HTTP/1.1", "HTTP"), (b"  post /x?a=b HTTP/1.0  ", "HTTP"),
+    (b"OPTIONS * HTTP/2", "HTTP"), (b"exit / HTTP/1.1", "HTTP"), (b"M-SEARCH * HTTP/1.1", "HTTP"),
+    (b"Host: example.com", "HTTP"), (b"HOST:example.com:80", "HTTP"),
+    (b"exit", None), (b"GET", None), (b"GET /", None), (b"HTTP/1.1", None),
+    (b"comhash /srv/HTTP/1.1", None), (b"get / http/1.1", None), (b"GET\t/\tHTTP/1.1", None),
+    (b"GET / HTTP/1.1 x", None), (b"hosted", None), (b"lastlog 5", None), (b"\xff HTTP/1", None),
+])
+def test_other_protocol_sees_http_as_the_whole_line_rule_does(line, expected):
+    # The engines' check looks at the argument first; it must answer as the rule does.
+    assert http_by_the_whole_line(line) == expected
+    assert protocol.other_protocol(parse_request(line), line) == expected
 
 
 @pytest.mark.parametrize("arg, count", [(b"", 10), (b"1", 1), (b"1000", 1000), (b"010", 10),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import NamedTuple
+from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_MAX_LINE", "LASTLOG_DEFAULT_LINES",
@@ -88,27 +88,30 @@ class LineBuffer:
     lines it got, then ``LINE_TOO_LONG``, then hangs up.
     """
 
-    __slots__ = ("max_line", "too_long", "_pending")
+    __slots__ = ("max_line", "too_long", "pending")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         self.max_line = max_line
         self.too_long = False
-        self._pending = b""
+        #: The unfinished line held (no LF yet), b"" when none.
+        self.pending = b""
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the lines they complete, in order."""
         if self.too_long:
             return []
-        if self._pending:
-            data = self._pending + data
-        elif data[-1:] == b"\n" and len(data) <= self.max_line and b"\r" not in data:
+        if self.pending:
+            data = self.pending + data
+        elif data[-1:] == b"\n" and len(data) <= self.max_line and data.find(b"\r") < 0:
             # The common case, whole short lines without CR: no per-line work.
+            # (find, not `in`: CPython's `in` on bytes first tries the operand
+            # as an integer, raising and clearing a TypeError, twice find's cost.)
             lines = data.split(b"\n")
             lines.pop()
             return lines
         lines = data.split(b"\n")
         # The last piece is an unfinished line (b"" when data ended with LF).
-        self._pending = lines.pop()
+        self.pending = lines.pop()
         limit = self.max_line
         for index, line in enumerate(lines):
             if line[-1:] == b"\r":
@@ -116,18 +119,13 @@ class LineBuffer:
             if len(line) > limit:
                 return self._overflow(lines[:index])
         # One byte of slack: a CR that may yet turn out to precede the LF.
-        if len(self._pending) > limit + 1:
+        if len(self.pending) > limit + 1:
             return self._overflow(lines)
         return lines
 
-    @property
-    def holding(self) -> bool:
-        """True while part of a line (no LF yet) is held."""
-        return bool(self._pending)
-
     def finish(self) -> list[bytes]:
         """At end of input: the last line if it had no LF (the spec counts it)."""
-        last, self._pending = self._pending, b""
+        last, self.pending = self.pending, b""
         if last[-1:] == b"\r":
             last = last[:-1]
         if self.too_long or not last:
@@ -138,7 +136,7 @@ class LineBuffer:
 
     def _overflow(self, good: list[bytes]) -> list[bytes]:
         self.too_long = True
-        self._pending = b""
+        self.pending = b""
         return good
 
 
@@ -150,8 +148,13 @@ class Refused(Exception):
         self.reply = reply
 
 
-class Request(NamedTuple):
-    """One parsed request line: the command word in lower case, and its argument."""
+@dataclass(slots=True)
+class Request:
+    """One parsed request line: the command word in lower case, and its argument.
+
+    A slotted dataclass: a NamedTuple's generated ``__new__`` made it cost twice as
+    much to build, once for every request (docs/performance.md).
+    """
 
     word: bytes
     arg: bytes
@@ -181,8 +184,10 @@ def other_protocol(request: Request, line: bytes) -> str | None:
     page tricked into posting to the port. The session must end before the
     body's lines are taken for commands.
     """
-    if request.word.startswith(b"host:") or b"HTTP/" in line and _HTTP_REQUEST.fullmatch(
-            line.strip()):
+    # An HTTP request line has an argument (its target): a line without one, the
+    # usual request, is settled by the slice alone.
+    if request.word[:5] == b"host:" or request.arg and b"HTTP/" in request.arg and (
+            _HTTP_REQUEST.fullmatch(line.strip())):
         return "HTTP"
     return None
 
