@@ -74,7 +74,7 @@ class Connection:
     """Lines from a client socket, replies to it; see the module's docstring."""
 
     __slots__ = ("sock", "idle_timeout", "lines", "buffer", "unsent", "eof", "idle_since",
-                 "first_read", "sending")
+                 "first_read", "sending", "timed")
 
     def __init__(self, sock: socket.socket, max_line: int, idle_timeout: float) -> None:
         self.sock = sock
@@ -91,6 +91,8 @@ class Connection:
         #: True from the start of a send until it completes: if the session is
         #: killed meanwhile, the client has part of a reply and must get nothing more.
         self.sending = False
+        #: True while the socket keeps the timeout a flush gave it (reads undo it).
+        self.timed = False
 
     def read_line(self) -> bytes | None:
         """The next request line, without its line end; ``None`` once the client closed.
@@ -100,7 +102,8 @@ class Connection:
         do not restart it.
         """
         if not self.lines:  # it must wait: replies owed go out, the idle clock runs
-            self.flush()
+            if self.unsent is not None:
+                self.flush()
             self.idle_since = time.monotonic()
         line = self.next_line()
         self.idle_since = None  # (after an exception, hang_up clears it)
@@ -137,8 +140,9 @@ class Connection:
         return line
 
     def _receive(self) -> bytes:
-        if self.sock.gettimeout() is not None:  # a send's; the reaper keeps the idle timeout
-            self.sock.settimeout(None)
+        if self.timed:  # a send's timeout; the reaper keeps the idle timeout
+            self.sock.settimeout(None)  # (gevent's gettimeout() would cost as much)
+            self.timed = False
         try:
             return self.sock.recv(RECV_SIZE)
         except OSError as exc:
@@ -158,6 +162,7 @@ class Connection:
         data = b"".join(self.unsent) if len(self.unsent) > 1 else self.unsent[0]
         self.unsent = None
         self.sock.settimeout(self.idle_timeout)
+        self.timed = True
         self._send(data)
 
     def send_while_reading(self, data: bytes) -> None:
@@ -198,14 +203,15 @@ class Connection:
             return
         if goodbye:
             self.write(goodbye)
-        self.idle_timeout = LINGER_SECONDS  # a client that reads nothing is not waited for
-        try:
-            self.flush()
-        except ClientGone:
-            return
+        if self.unsent is not None:
+            self.idle_timeout = LINGER_SECONDS  # a client that reads nothing is not waited for
+            try:
+                self.flush()
+            except ClientGone:
+                return
         if isinstance(self.sock, SSLSocket):
             close_tls(self.sock)
-        elif goodbye or self.lines or self.buffer.holding:
+        elif goodbye or self.lines or self.buffer.pending:
             linger(self.sock)
 
 
