@@ -24,6 +24,7 @@ politely, and never raises.
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 
@@ -35,7 +36,7 @@ from ..core.logs import IDLE, RESET
 from ..core.settings import LINGER_BYTES, LINGER_SECONDS, RECV_SIZE
 
 __all__ = ["Connection", "LineTooLong", "IdleTimeout", "ClientGone", "OtherProtocol",
-           "nothing_pending", "linger", "close_tls"]
+           "nothing_pending", "peek", "linger", "close_tls"]
 
 
 class LineTooLong(Exception):
@@ -216,30 +217,30 @@ class Connection:
 
 
 def nothing_pending(sock: socket.socket) -> bool:
-    """True when no byte, EOF or reset from the client waits to be seen."""
-    return peek(sock) is None
+    """True when no byte, EOF or reset from the client waits to be seen; never waits.
+
+    A poll() that does not wait asks the kernel; a TLS socket may also hold
+    bytes already decrypted. (A non-blocking ``recv`` that finds nothing costs
+    five times as much: gevent raises and catches EAGAIN, and its timeout must
+    be set and restored around it; docs/performance.md.)
+    """
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    if poller.poll(0):
+        return False
+    return not (isinstance(sock, SSLSocket) and sock.pending())
 
 
 def peek(sock: socket.socket) -> bytes | None:
-    """The next byte the client sent, b"" at EOF or reset, None if nothing is there.
+    """The next byte the client sent, b"" at EOF, None if nothing is there; OSError on reset.
 
-    Never waits, and leaves the socket's timeout as it found it, so it is safe
-    while another greenlet waits on ``sock``.
+    Never waits, and reads nothing, so it is safe while another greenlet waits
+    on ``sock``. A TLS socket cannot peek (decrypting consumes), so its
+    descriptor is peeked as the plain TCP socket it is: any byte there is the
+    client sending something.
     """
-    try:
-        return peek_or_raise(sock)
-    except BlockingIOError:
+    if nothing_pending(sock):
         return None
-    except OSError:
-        return b""
-
-
-def peek_or_raise(sock: socket.socket) -> bytes:
-    """The next byte, b"" at EOF; raises BlockingIOError if none is there, OSError on reset.
-
-    A TLS socket cannot peek (decrypting consumes), so its descriptor is peeked
-    as the plain TCP socket it is: any byte there is the client sending something.
-    """
     if isinstance(sock, SSLSocket):
         if sock.pending():
             return b"?"  # decrypted and waiting to be read
@@ -248,12 +249,7 @@ def peek_or_raise(sock: socket.socket) -> bytes:
             return plain.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         finally:
             plain.detach()
-    saved = sock.gettimeout()
-    sock.settimeout(0.0)  # gevent then raises EAGAIN instead of waiting
-    try:
-        return sock.recv(1, socket.MSG_PEEK)
-    finally:
-        sock.settimeout(saved)
+    return sock.recv(1, socket.MSG_PEEK)  # at once: the poll saw something there
 
 
 def close_tls(sock: socket.socket) -> None:

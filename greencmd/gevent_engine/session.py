@@ -44,7 +44,7 @@ from .connection import (
     IdleTimeout,
     LineTooLong,
     OtherProtocol,
-    peek_or_raise,
+    peek,
 )
 from .fast_subprocess import Popen
 from .follow import follow
@@ -177,9 +177,7 @@ def watch_for_reset(sock: socket.socket, after: float = 0.0) -> gevent.Greenlet:
     while one that ran costs a stack (measured in docs/performance.md).
     """
     try:
-        peek_or_raise(sock)
-    except BlockingIOError:
-        pass  # nothing from the client: the usual case
+        peek(sock)  # None, the usual answer: nothing from the client
     except OSError:
         raise ClientGone() from None
     return gevent.spawn_later(after, kill_on_reset, sock, gevent.getcurrent())
@@ -194,10 +192,8 @@ def kill_on_reset(sock: socket.socket, session: gevent.Greenlet) -> None:
     while True:
         wait_read(sock.fileno())
         try:
-            peek_or_raise(sock)
-            return
-        except BlockingIOError:
-            continue  # woken, but nothing there after all
+            if peek(sock) is not None:  # woken, but maybe nothing there after all
+                return
         except OSError:
             session.kill(ClientGone, block=False)
             return
