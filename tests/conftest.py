@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -260,6 +261,21 @@ def sample_log(directory: Path) -> Path:
 HELP = b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit, quit\n"
 NOT_FOUND = b"Command not found.\n"
 BIG = 1 << 30  # sparse, so it costs no disk, but hashing it takes a while
+#: Sparse, so it costs no disk; hashing it takes far longer than any wait in the tests.
+HUGE = 64 * BIG
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a crashed or killed client does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def sparse_file(path, size: int):
+    """``path``, made a file of ``size`` bytes that takes no disk."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
 
 
 def lastlog_of(lines: list[bytes]) -> bytes:

@@ -1,41 +1,27 @@
 """Faults: reset storms, fresh servers, abandoned work, and shutdown's promise."""
 
 import signal
-import socket
-import struct
 import subprocess
 import threading
 import time
 
 from conftest import (
-    BIG,
     HELP,
+    HUGE,
     SAMPLE_LINES,
     hash_line,
     lastlog_of,
     memory_kib,
     read_all,
     read_until,
+    reset,
+    sparse_file,
     wait_until,
 )
 
 from greencmd.core.hashing import HASH_CHUNK
 
 BYE = b"Server shutting down, bye!\n"
-#: Sparse, so it costs no disk; hashing it takes far longer than any wait below.
-HUGE = 64 * BIG
-
-
-def reset(sock: socket.socket) -> None:
-    """Close with a TCP reset (SO_LINGER 0), as a crashed or killed client does."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def sparse_file(path, size: int):
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return path
 
 
 def test_first_lastlog_of_a_fresh_server_always_answers(start_server):

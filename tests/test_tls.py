@@ -12,7 +12,18 @@ import threading
 import time
 
 import pytest
-from conftest import ENGINES, HELP, REPO, greencmd_env, read_until, run_greencmd
+from conftest import (
+    ENGINES,
+    HELP,
+    HUGE,
+    REPO,
+    greencmd_env,
+    hash_line,
+    read_until,
+    reset,
+    run_greencmd,
+    sparse_file,
+)
 
 NOT_FOUND = b"Command not found.\n"
 #: asyncio serves TLS from Python 3.11 on (StreamWriter.start_tls); before, greencmd
@@ -175,6 +186,43 @@ def test_garbage_after_the_handshake_ends_only_that_session(tls_server, pki):
         sock.sendall(b"help\n")
         assert read_until(sock, b"\n") == HELP
     assert server.count_log("Traceback") == 0
+
+
+def test_a_reset_over_tls_stops_the_hash_its_client_was_waiting_for(tls_server, pki,
+                                                                  tmp_path):
+    # Nothing can be peeked through the encryption: the server must see the reset on
+    # the descriptor below TLS. One hashing thread: the small hash can only run once
+    # the huge one has stopped.
+    server = tls_server("server", "--hash-threads", "1")
+    huge = sparse_file(tmp_path / "huge.img", HUGE)
+    (tmp_path / "small").write_bytes(b"small")
+    sock = tls_socket(server, pki)
+    sock.sendall(b"comhash %s\n" % bytes(huge))
+    server.wait_for_log(lambda line: ": comhash" in line)
+    time.sleep(0.3)  # the thread is hashing now
+    reset(sock)
+    server.wait_for_log(lambda line: "Reason: Connection was reset by peer." in line)
+    with tls_socket(server, pki) as sock:
+        sock.settimeout(60)
+        sock.sendall(b"comhash %s\n" % bytes(tmp_path / "small"))
+        assert read_until(sock, b"\n") == hash_line(b"small")
+
+
+def test_an_idle_tls_session_times_out_and_a_busy_one_does_not(tls_server, pki):
+    # The idle reaper asks whether anything from the client waits to be read: over
+    # TLS, bytes already decrypted count too, and an idle session has none.
+    server = tls_server("server", "--idle-timeout", "1")
+    with tls_socket(server, pki) as idle, tls_socket(server, pki) as busy:
+        idle.settimeout(10)
+        for _ in range(8):  # about 1.6 s of requests: longer than the idle timeout
+            busy.sendall(b"help\n")
+            assert read_until(busy, b"\n") == HELP
+            time.sleep(0.2)
+        assert read_until(idle, b"bye!\n") == b"Idle timeout, bye!\n"
+        busy.sendall(b"help\n")
+        assert read_until(busy, b"\n") == HELP
+    server.wait_for_count("Reason: Idle timeout.", 1)
+    assert server.count_log("Reason: Idle timeout.") == 1
 
 
 def test_follow_and_the_line_protocol_work_over_tls(tls_server, pki):
@@ -391,10 +439,8 @@ def resetting_tls_server(pki):
         with contextlib.suppress(OSError):
             while True:
                 raw, _ = listener.accept()
-                # SO_LINGER of zero: close() sends a reset, not a FIN.
-                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
                 with contextlib.suppress(OSError):
-                    context.wrap_socket(raw, server_side=True).close()
+                    reset(context.wrap_socket(raw, server_side=True))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
