@@ -105,7 +105,7 @@ class LineBuffer:
         elif data[-1:] == b"\n" and len(data) <= self.max_line and data.find(b"\r") < 0:
             # The common case, whole short lines without CR: no per-line work.
             # (find, not `in`: CPython's `in` on bytes first tries the operand
-            # as an integer, raising and clearing a TypeError, twice find's cost.)
+            # as an integer, raising and clearing a TypeError: nearly twice find's cost.)
             lines = data.split(b"\n")
             lines.pop()
             return lines
@@ -152,8 +152,8 @@ class Refused(Exception):
 class Request:
     """One parsed request line: the command word in lower case, and its argument.
 
-    A slotted dataclass: a NamedTuple's generated ``__new__`` made it cost twice as
-    much to build, once for every request (docs/performance.md).
+    A slotted dataclass: a NamedTuple's generated ``__new__`` (a Python call) made it
+    cost 1.6 times as much to build, once for every request (docs/performance.md).
     """
 
     word: bytes
