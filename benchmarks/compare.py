@@ -51,6 +51,13 @@ SCENARIOS = {
 SWEEP = (1, 10, 50, 200)
 
 
+def write_source_log(workdir: str) -> None:
+    """The lastlog source every server is started with: 40 fixed lines in ``workdir``."""
+    with open(os.path.join(workdir, "source.log"), "w") as f:
+        f.writelines("Nov 26 12:00:%02d host app[1]: line %d of a fixed log\n" % (i, i)
+                     for i in range(40))
+
+
 def taskset(cpu: str) -> list[str]:
     """The prefix that pins a command to ``cpu``, if taskset exists here."""
     return ["taskset", "-c", cpu] if shutil.which("taskset") else []
@@ -159,9 +166,7 @@ def main() -> None:
     results: dict[str, dict[str, list[dict]]] = {n: {e: [] for e in engines} for n in names}
     sweep: dict[int, dict[str, list[dict]]] = {c: {e: [] for e in engines} for c in SWEEP}
     with tempfile.TemporaryDirectory(prefix="greencmd-compare-") as workdir:
-        with open(os.path.join(workdir, "source.log"), "w") as f:
-            f.writelines("Nov 26 12:00:%02d host app[1]: line %d of a fixed log\n" % (i, i)
-                         for i in range(40))
+        write_source_log(workdir)
         for rep in range(args.reps):
             # Rotate the order each repetition: no engine always runs first.
             order = engines[rep % len(engines):] + engines[:rep % len(engines)]

@@ -170,3 +170,37 @@ def test_the_floor_answers_as_greencmd_does(start_server, tmp_path, spec):
     finally:
         proc.terminate()
     assert proc.communicate(timeout=20)[0] == b""  # nothing more (the bare floor: nothing)
+
+
+def kernel_share():
+    """benchmarks/kernel_share.py as a module (it imports compare.py beside it)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import kernel_share as module
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return module
+
+
+@pytest.mark.engines("gevent")
+@pytest.mark.parametrize("frames, where", [
+    (["ffffffff8170 unmap_page_range ([kernel.kallsyms])",
+      "ffffffff8171 __vm_munmap ([kernel.kallsyms])",
+      "ffffffff8172 __x64_sys_munmap ([kernel.kallsyms])",
+      "ffffffff8224 do_syscall_64 ([kernel.kallsyms])",
+      "7f00 __munmap (/usr/lib/x86_64-linux-gnu/libc.so.6)"], "kernel: munmap"),
+    (["ffffffff8100 clear_page_erms ([kernel.kallsyms])",
+      "ffffffff8101 handle_mm_fault ([kernel.kallsyms])",
+      "ffffffff8102 asm_exc_page_fault ([kernel.kallsyms])",
+      "7f00 _PyEval_EvalFrameDefault (/usr/lib/libpython3.11.so.1.0)"], "kernel: page faults"),
+    (["ffffffff8100 handle_softirqs ([kernel.kallsyms])",
+      "ffffffff8101 irq_exit_rcu ([kernel.kallsyms])"], "kernel, other"),
+    (["7f00 g_switchstack (/venv/greenlet/_greenlet.cpython-311-x86_64-linux-gnu.so)"],
+     "user: _greenlet"),
+    (["7f00 _PyObject_Malloc (/usr/lib/libpython3.11.so.1.0)",
+      "ffffffff8100 __x64_sys_read ([kernel.kallsyms])"], "user: libpython3.11.so.1.0"),
+])
+def test_kernel_share_files_a_sample_where_it_ran(frames, where):
+    # The innermost frame decides kernel or user; a kernel sample goes under the
+    # system call it was in, however deep, or under page faults.
+    assert kernel_share().category(frames) == where
