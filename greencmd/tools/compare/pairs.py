@@ -112,8 +112,9 @@ PAIRS = [
          "overrides a private stdlib method and uses loop internals; gevent.subprocess "
          "alone reads plainer but spawns 3x slower. Its two pipe readers are greenlets, "
          "and each greenlet that runs maps a fresh 16 KiB chunk for its Python frames "
-         "(CPython 3.11+): lastlog costs 1.13 to 1.17x the plain floor's CPU on this "
-         "machine's default Python, though it runs fewer instructions (docs/performance.md). "
+         "(CPython 3.11+): with their switches, about 45 µs per lastlog, sampled with "
+         "perf; lastlog costs 1.13 to 1.36x the plain floor's CPU on this machine's "
+         "default Python, though it runs fewer instructions (docs/performance.md). "
          "asyncio's Process.wait() also waits "
          "for the child's pipes, so the exit is awaited on a pidfd there too.",
          _engines("processes.py", ("run", "_run", "read_capped", "read_last", "kill_group",
