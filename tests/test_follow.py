@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import HELP, greencmd_env, memory_kib, read_all, read_until, wait_until
+from conftest import HELP, greencmd_env, memory_kib, read_all, read_until, reset, wait_until
 
 BAD_COUNT = b"An error occured: follow takes a line count from 1 to 1000\n"
 
@@ -138,8 +138,7 @@ def test_a_reset_kills_and_reaps_tail(followed):
     sock.sendall(b"follow 1\n")
     read_until(sock, b"old 5\n")
     assert len(server.children()) == 1
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    sock.close()  # SO_LINGER 0: a reset
+    reset(sock)
     wait_until(lambda: not server.children(), message="tail killed and reaped")
     server.wait_for_log(lambda line: "Reason: Connection was reset by peer." in line)
 

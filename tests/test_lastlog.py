@@ -2,10 +2,9 @@
 
 import os
 import socket
-import struct
 
 import pytest
-from conftest import HELP, SAMPLE_LINES, lastlog_of, read_all, read_until, wait_until
+from conftest import HELP, SAMPLE_LINES, lastlog_of, read_all, read_until, reset, wait_until
 
 from greencmd.core.settings import LASTLOG_CANDIDATES
 
@@ -85,8 +84,7 @@ def test_client_reset_during_lastlog_kills_tail(start_server, tmp_path):
     sock = server.connect()
     sock.sendall(b"lastlog\n")
     wait_until(lambda: server.children(), 10, "tail started")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
+    reset(sock)
     wait_until(lambda: not server.children(), 10, "tail killed and reaped")
     server.wait_for_log(lambda line: "Reason: Connection was reset by peer." in line)
 

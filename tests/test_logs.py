@@ -7,7 +7,16 @@ import subprocess
 import sys
 
 import pytest
-from conftest import HELP, Server, greencmd_env, read_all, read_until, run_greencmd, wait_until
+from conftest import (
+    HELP,
+    Server,
+    greencmd_env,
+    read_all,
+    read_until,
+    reset,
+    run_greencmd,
+    wait_until,
+)
 
 from greencmd.core import logs
 
@@ -202,8 +211,6 @@ def test_start_up_says_auth_is_on(start_server, tmp_path):
 
 def test_json_logs_are_one_object_per_line_for_every_kind_of_event(start_server, tmp_path):
     import json
-    import socket
-    import struct
 
     token = tmp_path / "token"
     token.write_text("t" * 32 + "\n")
@@ -218,11 +225,10 @@ def test_json_logs_are_one_object_per_line_for_every_kind_of_event(start_server,
         assert server.talk(b"help\n").startswith(b"Too many")
         sock.sendall(b"x" * 80 + b"\n")  # too long: that session ends
         sock.recv(4096)
-    reset = server.connect()
-    reset.sendall(b"auth " + b"t" * 32 + b"\n")
+    resetting = server.connect()
+    resetting.sendall(b"auth " + b"t" * 32 + b"\n")
     server.wait_for_count('"event": "request"', 3)
-    reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    reset.close()
+    reset(resetting)
     server.wait_for_count('"event": "session_end"', 3)
     with server.connect():  # says nothing: idle timeout
         server.wait_for_log(lambda line: "Idle timeout." in line)

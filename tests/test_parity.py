@@ -1,13 +1,11 @@
 """The three engines side by side: the same bytes in, the same bytes out."""
 
 import os
-import socket
-import struct
 import subprocess
 import sys
 
 import pytest
-from conftest import ENGINES, greencmd_env, no_twisted_env, run_greencmd
+from conftest import ENGINES, greencmd_env, no_twisted_env, reset, run_greencmd
 
 TRANSCRIPTS = {
     "mixed": b"help\nLASTLOG 3\nlastlog 1001\ncomhash {f}\ncomhash {d}\ncomhash\n"
@@ -45,8 +43,7 @@ def test_engines_agree_on_a_reset_mid_request(start_server):
         server = start_server("--engine", engine)
         sock = server.connect()
         sock.sendall(b"help\nlastlog\n")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()
+        reset(sock)
         assert server.talk(b"help\n").startswith(b"Commands:")
 
 

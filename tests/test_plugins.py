@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import REPO, greencmd_env, read_until
+from conftest import REPO, greencmd_env, read_until, reset
 
 BROKEN = {
     "pyproject.toml": """
@@ -216,7 +214,7 @@ def test_a_reset_is_not_an_exception_a_plugin_can_swallow(plugged, tmp_path):
     with server.connect() as sock:
         sock.sendall(b"swallow %s\n" % bytes(marker))
         time.sleep(0.3)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset(sock)
     server.wait_for_log(lambda line: "Connection was reset by peer." in line)
     time.sleep(1.6)  # past the plugin's own sleep
     assert not marker.exists(), marker.read_text()

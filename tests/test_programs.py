@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 
 import pytest
-from conftest import read_until, wait_until
+from conftest import read_until, reset, wait_until
 
 from greencmd.core.programs import AT_ONCE
 
@@ -156,8 +155,7 @@ def test_a_reset_kills_the_program_and_all_it_started(programs):
     sock = server.connect()
     sock.sendall(b"forever\n")
     wait_until(lambda: marked_processes(), message="sleep started")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    sock.close()
+    reset(sock)
     wait_until(lambda: not marked_processes(), message="sleep killed")
     wait_until(lambda: not server.children(), message="reaped")
 

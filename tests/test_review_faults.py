@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import greencmd_env, read_until, wait_until
+from conftest import greencmd_env, read_until, reset, wait_until
 
 BYE = b"Server shutting down, bye!\n"
 
@@ -182,9 +181,7 @@ def test_a_reset_storm_of_lastlogs_does_not_starve_a_polite_client(start_server,
             sock.sendall(b"lastlog 1000\n")
             socks.append(sock)
         for sock in socks:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00"
-                            b"\x00\x00")
-            sock.close()
+            reset(sock)
     assert server.talk(b"help\n", timeout=20).startswith(b"Commands:")
     wait_until(lambda: not server.children(), 20, "every tail reaped")
     assert server.stop(signal.SIGTERM) == 0

@@ -1,11 +1,18 @@
 """Framing, dispatch and bad input, against a real server over real sockets."""
 
 import hashlib
-import socket
-import struct
 
 import pytest
-from conftest import HELP, NOT_FOUND, SAMPLE_LINES, lastlog_of, read_all, read_until, wait_until
+from conftest import (
+    HELP,
+    NOT_FOUND,
+    SAMPLE_LINES,
+    lastlog_of,
+    read_all,
+    read_until,
+    reset,
+    wait_until,
+)
 
 from greencmd.core import protocol
 
@@ -143,8 +150,7 @@ def test_reset_by_client_is_logged_and_harmless(server):
     sock = server.connect()
     sock.sendall(b"help\n")
     assert read_until(sock, b"\n") == HELP
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
+    reset(sock)
     server.wait_for_log(lambda line: "Reason: Connection was reset by peer." in line)
     assert server.talk(b"help\n") == HELP
 
@@ -159,8 +165,9 @@ def test_bad_sessions_leave_no_file_descriptor_behind(server, tmp_path):
         sock = server.connect()
         sock.sendall(abuse[i % len(abuse)])
         if i % 2:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()
+            reset(sock)
+        else:
+            sock.close()
     server.wait_for_count("Lost client connection", 71)
     # The log line comes just before the lingering close; a leak never comes back.
     wait_until(lambda: server.fd_count() == before, 10, "fd count back to %d" % before)
