@@ -152,7 +152,7 @@ def follow(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
     half-close after the request (EOF would stop the follow). Ctrl-C sends the
     stop line and prints the rest, ``End follow`` included, within ``timeout``.
     """
-    where = endpoint.where
+    where, why = endpoint.where, no_reply(endpoint.tls)
     replies = protocol.ReplyScanner()
     signal.signal(signal.SIGTERM, _interrupt)  # kill stops it as cleanly as Ctrl-C
     with open_session(endpoint, timeout, token) as sock:
@@ -168,7 +168,7 @@ def follow(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
                     _send_or_close(sock, b"", where)
                     _copy_replies(sock, out, timeout, where, replies)
                     break
-            return _status(replies, True, where)  # the server ended it (shutdown, an error)
+            return _status(replies, True, where, why)  # the server ended it (shutdown, an error)
         except KeyboardInterrupt:
             for signum in (signal.SIGINT, signal.SIGTERM):  # a second one: no traceback
                 signal.signal(signum, signal.SIG_IGN)
@@ -176,7 +176,7 @@ def follow(endpoint: Endpoint, timeout: float, line: bytes, out: BinaryIO,
         _send_or_close(sock, b"\n", where)  # the stop line
         _send_or_close(sock, b"", where)  # then no more requests: the server closes
         _copy_replies(sock, out, timeout, where, replies)
-    return _status(replies, True, where)
+    return _status(replies, True, where, why)
 
 
 def _interrupt(signum: int, frame: object) -> None:
