@@ -422,12 +422,14 @@ def test_asyncio_tls_before_python_3_11_is_refused_in_one_sentence(pki):
 
 
 @contextlib.contextmanager
-def resetting_tls_server(pki):
+def resetting_tls_server(pki, in_handshake: str | None = None):
     """A TLS server that resets each connection as soon as its handshake is done.
 
     What a mutual-TLS server does when it refuses a client certificate and its reset
     overtakes the alert. TLS 1.2, where the server's message ends the handshake: the
     reset is there before the client's first write, which OpenSSL then calls an EOF.
+    ``in_handshake``: ``"reset"`` or ``"close"`` on the client's first message instead,
+    before any answer.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -440,13 +442,18 @@ def resetting_tls_server(pki):
             while True:
                 raw, _ = listener.accept()
                 with contextlib.suppress(OSError):
-                    reset(context.wrap_socket(raw, server_side=True))
+                    if in_handshake:
+                        raw.recv(65536)  # the ClientHello, left unanswered
+                        reset(raw) if in_handshake == "reset" else raw.close()
+                    else:
+                        reset(context.wrap_socket(raw, server_side=True))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         yield listener.getsockname()[1]
     finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (Linux); close() would not
         listener.close()
         thread.join(30)
 
@@ -477,6 +484,26 @@ def test_a_reset_before_any_reply_over_tls_names_the_likely_cause(pki):
                 for how in (b"reset", b"closed")}
         assert len(said.intersection(lines)) == 1, lines
     assert fleet.stderr == b"2 servers: 0 ok, 0 error replies, 2 unreachable\n"
+
+
+@pytest.mark.engines("gevent")  # the client is what is tested: no greencmd server here
+@pytest.mark.parametrize("end", ["reset", "close"])
+def test_an_end_during_the_handshake_is_a_failed_handshake_for_one_server_or_many(pki, end):
+    # Not "a server with mutual TLS refused the certificate": that refusal comes after
+    # the handshake. The fleet client says what the single one says (it once called a
+    # reset here a refusal, and a close crashed it with a traceback).
+    ca = str(pki / "ca.pem")
+    with resetting_tls_server(pki, in_handshake=end) as port:
+        single = run_greencmd("client", "--port", str(port), "--cafile", ca, "help")
+        fleet = run_greencmd("client", "--port", str(port), "--cafile", ca, "--json", "help")
+    assert single.returncode == 3
+    prefix = b"greencmd: TLS handshake with 127.0.0.1:%d failed: " % port
+    assert single.stderr.startswith(prefix), single.stderr
+    why = single.stderr[len(prefix):].rstrip(b"\n").decode()
+    assert fleet.returncode == 3
+    assert json.loads(fleet.stdout)["error"] == "TLS failed: " + why
+    assert b"Traceback" not in fleet.stderr
+    assert "mutual TLS" not in why
 
 
 @pytest.mark.engines("gevent")  # the client is what is tested: no greencmd server here

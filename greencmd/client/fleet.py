@@ -137,8 +137,11 @@ def ask(target: Target, line: bytes, profile: Profile, on_line=None,
         return Outcome(target, FAILED, b"".join(received), str(exc) or "no reply to auth",
                        _since(started))
     except OSError as exc:
+        if sock is not None and tls is not None and not is_tls(sock):  # in the handshake
+            return _failed(target, received, "TLS failed: %s" % client_tls_failure(exc),
+                           started)
         reset = isinstance(exc, (ConnectionResetError, BrokenPipeError))
-        why = TLS_RESET if reset and tls is not None and not received else describe_os_error(exc)
+        why = TLS_RESET if reset and is_tls(sock) and not received else describe_os_error(exc)
         return _failed(target, received, why, started)
     finally:
         if sock is not None:

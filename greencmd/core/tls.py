@@ -108,8 +108,11 @@ def describe_tls_error(exc: BaseException) -> str:
 
 
 def is_tls(sock: object) -> bool:
-    """True for a TLS socket: the standard library's, or gevent's (which is not a subclass)."""
-    return isinstance(sock, ssl.SSLSocket) or hasattr(sock, "unwrap")
+    """True for a TLS socket: the standard library's, or gevent's (which is not a subclass).
+
+    Asked of the type: a closed gevent socket answers any attribute with EBADF.
+    """
+    return isinstance(sock, ssl.SSLSocket) or hasattr(type(sock), "unwrap")
 
 
 def client_tls_failure(exc: BaseException) -> str:
