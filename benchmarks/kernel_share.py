@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -86,8 +87,12 @@ def run_one(engine: str, name: str, seconds: float, workdir: str) -> dict[str, f
         perf.wait(60)
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+    counts = samples_by_category(data, proc.pid) if os.path.exists(data) else None
+    if not counts:
+        sys.exit("kernel_share.py: perf recorded nothing of the server: it needs the right "
+                 "to sample a whole CPU (root, or kernel.perf_event_paranoid at most 0)")
     per_op = 1e6 / HERTZ / result["count"]
-    return {key: n * per_op for key, n in samples_by_category(data, proc.pid).items()}
+    return {key: n * per_op for key, n in counts.items()}
 
 
 def report(runs: dict[str, list[dict[str, float]]], top: int) -> None:
@@ -120,6 +125,8 @@ def main() -> None:
                         default=["gevent", "floor"])
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
+    if shutil.which("perf") is None:
+        sys.exit("kernel_share.py needs perf (Debian: apt-get install linux-perf)")
     print("machine: %s" % compare.machine())
     print("scenario %s, %d repetitions of %g s; perf cpu-clock at %d Hz on CPU 0\n"
           % (args.scenario, args.reps, args.seconds, HERTZ))
