@@ -1,5 +1,6 @@
 """The command line: option parsing with CliRunner, the client against real servers."""
 
+import json
 import os
 import shutil
 import socket
@@ -211,6 +212,33 @@ def test_client_exit_3_when_the_server_closes_without_replying(request_words):
     assert result.returncode == 3 and result.stdout == b""
     assert result.stderr == (b"greencmd: 127.0.0.1:%d closed the connection without a reply "
                              b"(a TLS port does that to a client without --tls)\n" % port)
+
+
+@pytest.mark.parametrize("half", [b"Begin lastlog\nline 1\n", b"An error occured: x"])
+def test_a_reply_cut_short_is_printed_then_exit_3(half):
+    # A server may cut a reply (shutdown past --grace, a kill): what came is shown,
+    # and it must not pass for a whole reply, one server or many.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def cut_short():
+            for _ in range(2):
+                conn, _ = listener.accept()
+                conn.recv(100)
+                conn.sendall(half)
+                conn.close()
+
+        thread = threading.Thread(target=cut_short)
+        thread.start()
+        single = run_greencmd("client", "--port", str(port), "lastlog")
+        fleet = run_greencmd("client", "--port", str(port), "--json", "lastlog")
+        thread.join()
+    assert (single.returncode, single.stdout) == (3, half)
+    assert single.stderr == (b"greencmd: 127.0.0.1:%d closed the connection in the middle "
+                             b"of a reply\n" % port)
+    outcome = json.loads(fleet.stdout)
+    assert (fleet.returncode, outcome["exit"], outcome["reply"]) == (3, 3, half.decode())
+    assert outcome["error"] == "closed the connection in the middle of a reply"
 
 
 def test_client_exit_gets_no_reply_and_exits_0(server):

@@ -208,6 +208,21 @@ def test_reply_scanner_finds_error_replies_anywhere_in_the_stream(stream, failed
     assert (scanner.failed, scanner.received) == (failed, bool(stream))
 
 
+@pytest.mark.parametrize("byte_at_a_time", [False, True])
+@pytest.mark.parametrize("stream, cut", [
+    (b"", False),
+    (b"Commands: x\n", False),
+    (b"Begin lastlog\nx\nEnd lastlog\n", False),
+    (b"Begin follow\nold\nEnd follow\nServer shutting down, bye!\n", False),
+    (b"Commands: x", True),  # a line without its newline
+    (b"Begin lastlog\nx\n", True),  # a frame without its End
+    (b"Begin lastlog\nx\nEnd lastlog", True),
+    (b"Begin lastlog\nEnd follow\n", True),  # another frame's End does not close it
+])
+def test_reply_scanner_knows_a_stream_cut_inside_a_reply(stream, cut, byte_at_a_time):
+    assert scan(stream, byte_at_a_time).cut == cut
+
+
 def feed_all(pieces: list[bytes]) -> bytes:
     lines = protocol.FollowLines()
     return b"".join(lines.feed(piece) for piece in pieces) + lines.finish()

@@ -38,7 +38,7 @@ from ..core.tls import (
 )
 from .gather import print_gathered
 from .hosts import Target
-from .single import Refused, authenticate, no_more_requests
+from .single import CUT_SHORT, Refused, authenticate, no_more_requests
 
 __all__ = ["Outcome", "Profile", "profiles", "ask", "run"]
 
@@ -149,6 +149,8 @@ def ask(target: Target, line: bytes, profile: Profile, on_line=None,
     reply = b"".join(received)
     if not reply:
         return _failed(target, received, no_reply(tls is not None), started)
+    if replies.cut:
+        return _failed(target, received, CUT_SHORT, started)
     return Outcome(target, FAILED if replies.failed else OK, reply, None, _since(started))
 
 

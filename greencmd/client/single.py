@@ -27,6 +27,10 @@ OK, FAILED, UNREACHABLE = 0, 1, 3
 RECV_SIZE = 65536
 
 
+#: What a client says of a server that closed in the middle of a reply.
+CUT_SHORT = "closed the connection in the middle of a reply"
+
+
 class ClientError(Exception):
     """Connecting or reading failed; the message is one sentence for the user."""
 
@@ -258,10 +262,13 @@ def expects_reply(data: bytes) -> bool:
 
 def _status(replies: protocol.ReplyScanner, asked: bool, where: str,
             why: str = NO_REPLY) -> int:
-    """The exit status for what came back; no reply to a request is a failure (3), said
-    with ``why`` (:func:`no_reply`'s sentence, which names the likely cause)."""
+    """The exit status once the server closed; no reply to a request is a failure (3),
+    said with ``why`` (:func:`no_reply`'s sentence, which names the likely cause), and
+    so is a reply it cut short (what came of it is printed: it must not pass for whole)."""
     if asked and not replies.received:
         raise ClientError("%s %s" % (where, why))
+    if replies.cut:
+        raise ClientError("%s %s" % (where, CUT_SHORT))
     return FAILED if replies.failed else OK
 
 

@@ -305,6 +305,12 @@ class ReplyScanner:
         self._pending = b""
         self._block_end: bytes | None = None
 
+    @property
+    def cut(self) -> bool:
+        """True when the stream so far stops inside a reply: a line without its newline,
+        or a framed reply without its ``End`` line (a server that closes now cut it)."""
+        return bool(self._pending) or self._block_end is not None
+
     def feed(self, data: bytes) -> None:
         """Scan more of the stream."""
         self.received = self.received or bool(data)
