@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import HELP, Server, free_port, greencmd_env, run_greencmd
+from conftest import HELP, Server, free_port, greencmd_env, memory_kib, run_greencmd, wait_until
 
 NOT_FOUND = b"Command not found.\n"
 
@@ -192,6 +192,37 @@ def test_follow_prints_lines_as_they_arrive_and_ctrl_c_stops_all(servers, tmp_pa
     assert sorted(out.splitlines()) == sorted(label + b": End follow" for label in labels(found))
     assert err == b"2 servers: 2 ok, 0 error replies, 0 unreachable\n"
     assert client.returncode == 0
+
+
+def test_a_long_follow_of_many_servers_keeps_no_copy_of_what_it_printed(servers, tmp_path):
+    # Lines are printed as they come; a follow left running for days must not also
+    # keep every one in memory (40 MiB per server here, 80 MiB in all).
+    found = servers(2)
+    printed = tmp_path / "printed"
+    with printed.open("wb") as out:
+        client = subprocess.Popen([sys.executable, "-m", "greencmd", "client", *hosts(found),
+                                   "follow", "1"],
+                                  stdout=out, stderr=subprocess.PIPE, env=greencmd_env())
+    try:
+        wait_until(lambda: printed.read_bytes().count(b"old line\n") == 2, 20, "backlogs")
+        before = memory_kib(client.pid)
+        line = b"x" * 1023 + b"\n"
+        for server in ("s0", "s1"):
+            with open(tmp_path / server / "app.log", "ab") as f:
+                for _ in range(40):
+                    f.write(line * 1024)
+                f.write(b"last line\n")
+        wait_until(lambda: printed.read_bytes().count(b": last line\n") == 2, 120,
+                   "every line printed")
+        grown = memory_kib(client.pid, "VmHWM") - before
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=15)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert printed.read_bytes().count(b"x" * 1023 + b"\n") == 2 * 40 * 1024
+    assert grown < 20 * 1024, "the client grew by %d KiB" % grown
+    assert err == b"2 servers: 2 ok, 0 error replies, 0 unreachable\n"
 
 
 def test_one_host_may_carry_its_port(servers):

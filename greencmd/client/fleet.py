@@ -147,7 +147,7 @@ def ask(target: Target, line: bytes, profile: Profile, on_line=None,
         if sock is not None:
             sock.close()
     reply = b"".join(received)
-    if not reply:
+    if not replies.received:
         return _failed(target, received, no_reply(tls is not None), started)
     if replies.cut:
         return _failed(target, received, CUT_SHORT, started)
@@ -163,15 +163,17 @@ def _stream(sock, on_line, stop: Event, timeout: float, replies, received) -> No
         began = True
         while data := sock.recv(65536):
             replies.feed(data)
-            received.append(data)
             if replies.failed and began:  # no follow began: let the server close
                 began = False
                 sock.settimeout(timeout)
                 no_more_requests(sock)
+            if on_line is None:  # --json: the whole follow is one reply, printed at its end
+                received.append(data)
+                continue
+            # Printed as it comes, and not kept: a follow may run for days.
             *lines, pending = (pending + data).split(b"\n")
             for line in lines:
-                if on_line is not None:
-                    on_line(line)
+                on_line(line)
         if pending and on_line is not None:
             on_line(pending)
     finally:
