@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -223,6 +225,30 @@ def test_a_long_follow_of_many_servers_keeps_no_copy_of_what_it_printed(servers,
     assert printed.read_bytes().count(b"x" * 1023 + b"\n") == 2 * 40 * 1024
     assert grown < 20 * 1024, "the client grew by %d KiB" % grown
     assert err == b"2 servers: 2 ok, 0 error replies, 0 unreachable\n"
+
+
+def test_a_server_that_never_ends_its_reply_is_stopped_not_kept(tmp_path):
+    # Every reply is kept until all servers answered (for --gather and the summary);
+    # a broken server that streams for ever must not fill the client's memory.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def stream_for_ever():
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(100)
+                with contextlib.suppress(OSError):
+                    while True:
+                        conn.sendall(b"y" * 65535 + b"\n")
+
+        thread = threading.Thread(target=stream_for_ever)
+        thread.start()
+        result = run_greencmd("client", "--host", "127.0.0.1:%d" % port, "--json", "help",
+                              timeout=120)
+        thread.join(30)
+    outcome = json.loads(result.stdout)
+    assert (result.returncode, outcome["exit"], outcome["reply"]) == (3, 3, "")
+    assert outcome["error"] == "sent over 64 MiB without ending its reply; stopped"
 
 
 def test_one_host_may_carry_its_port(servers):

@@ -101,6 +101,12 @@ def profiles(found: list[Target], tls_files: tuple | None, token: bytes | None,
     return chosen
 
 
+#: Most of one server's reply kept (its whole reply is kept until all have answered):
+#: far above any greencmd reply (lastlog and configured commands stop at 4 MiB).
+REPLY_LIMIT = 64 << 20
+TOO_LONG = "sent over %d MiB without ending its reply; stopped" % (REPLY_LIMIT >> 20)
+
+
 def ask(target: Target, line: bytes, profile: Profile, on_line=None,
         stop: Event | None = None) -> Outcome:
     """Send ``line`` to one server and read its whole reply; never raises.
@@ -122,9 +128,13 @@ def ask(target: Target, line: bytes, profile: Profile, on_line=None,
         sock.sendall(line + b"\n")
         if stop is None:
             no_more_requests(sock)
+            size = 0
             while data := sock.recv(65536):
                 replies.feed(data)
                 received.append(data)
+                size += len(data)
+                if size > REPLY_LIMIT:  # kept whole until the end: a stream must not be
+                    return _failed(target, [], TOO_LONG, started)  # nor printed
         else:
             _stream(sock, on_line, stop, timeout, replies, received)
     except TimeoutError:
