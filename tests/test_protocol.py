@@ -1,5 +1,7 @@
 """The protocol module on its own: framing and parsing need no socket."""
 
+import tracemalloc
+
 import pytest
 
 from greencmd.core import logtail, protocol
@@ -221,6 +223,24 @@ def test_reply_scanner_finds_error_replies_anywhere_in_the_stream(stream, failed
 ])
 def test_reply_scanner_knows_a_stream_cut_inside_a_reply(stream, cut, byte_at_a_time):
     assert scan(stream, byte_at_a_time).cut == cut
+
+
+def test_reply_scanner_keeps_little_of_a_line_that_never_ends():
+    # A broken server's endless line: the client prints it as it comes, and its
+    # scanner must not hold it (20 MiB fed here, in the pieces a recv gives).
+    scanner = protocol.ReplyScanner()
+    piece = b"y" * 65536
+    tracemalloc.start()
+    try:
+        for _ in range(320):
+            scanner.feed(piece)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+    assert scanner.cut and not scanner.failed
+    scanner.feed(b"\nAn error occured: after the long line\n")
+    assert scanner.failed and not scanner.cut
 
 
 def feed_all(pieces: list[bytes]) -> bytes:

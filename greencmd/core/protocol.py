@@ -290,6 +290,10 @@ class FollowLines:
         return log_lines(held)
 
 
+#: How much of an unfinished line ReplyScanner keeps: more than any reply's first words.
+_LINE_START = 256
+
+
 class ReplyScanner:
     """Reads a stream of replies and notes whether any of them was an error reply.
 
@@ -315,7 +319,9 @@ class ReplyScanner:
         """Scan more of the stream."""
         self.received = self.received or bool(data)
         lines = (self._pending + data).split(b"\n")
-        self._pending = lines.pop()
+        # Only a line's start is looked at: a line that never ends (a broken server)
+        # must not be kept whole.
+        self._pending = lines.pop()[:_LINE_START]
         for line in lines:
             if self._block_end is not None:
                 if line == self._block_end:
