@@ -227,6 +227,30 @@ def test_a_long_follow_of_many_servers_keeps_no_copy_of_what_it_printed(servers,
     assert err == b"2 servers: 2 ok, 0 error replies, 0 unreachable\n"
 
 
+def test_a_followed_line_over_64_kib_is_printed_in_pieces(servers, tmp_path):
+    found = servers(2)
+    printed = tmp_path / "printed"
+    with printed.open("wb") as out:
+        client = subprocess.Popen([sys.executable, "-m", "greencmd", "client", *hosts(found),
+                                   "follow", "1"],
+                                  stdout=out, stderr=subprocess.PIPE, env=greencmd_env())
+    try:
+        wait_until(lambda: printed.read_bytes().count(b"old line\n") == 2, 20, "backlogs")
+        with open(tmp_path / "s0" / "app.log", "ab") as f:
+            f.write(b"z" * (1 << 20) + b"\nlast line\n")
+        wait_until(lambda: b": last line\n" in printed.read_bytes(), 60, "the line printed")
+        client.send_signal(signal.SIGINT)
+        client.communicate(timeout=15)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    prefix = labels(found)[0] + b": "
+    pieces = [line[len(prefix):] for line in printed.read_bytes().splitlines()
+              if line.startswith(prefix + b"z")]
+    assert b"".join(pieces) == b"z" * (1 << 20)
+    assert len(pieces) >= 8 and all(len(piece) <= 2 * 65536 for piece in pieces)
+
+
 def test_a_server_that_never_ends_its_reply_is_stopped_not_kept(tmp_path):
     # Every reply is kept until all servers answered (for --gather and the summary);
     # a broken server that streams for ever must not fill the client's memory.
