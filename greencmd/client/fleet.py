@@ -101,8 +101,6 @@ def profiles(found: list[Target], tls_files: tuple | None, token: bytes | None,
     return chosen
 
 
-#: Follow: past this much of one log line, what came of it is printed as a line of its own.
-LINE_PIECE = 65536
 #: Most of one server's reply kept (its whole reply is kept until all have answered):
 #: far above any greencmd reply (lastlog and configured commands stop at 4 MiB).
 REPLY_LIMIT = 64 << 20
@@ -186,10 +184,12 @@ def _stream(sock, on_line, stop: Event, timeout: float, replies, received) -> No
             *lines, pending = (pending + data).split(b"\n")
             for line in lines:
                 on_line(line)
-            if len(pending) > LINE_PIECE:  # a log line of a gigabyte is not held whole
+            # A log line of a gigabyte is not held whole: past what the server holds of
+            # one line, what came of it is printed as a line of its own.
+            if len(pending) > protocol.FollowLines.HOLD:
                 on_line(pending)
                 pending = b""
-        if pending and on_line is not None:
+        if pending:
             on_line(pending)
     finally:
         stopper.kill()
