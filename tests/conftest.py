@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -269,6 +270,29 @@ def reset(sock: socket.socket) -> None:
     """Close with a TCP reset (SO_LINGER 0), as a crashed or killed client does."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
+
+
+@contextlib.contextmanager
+def scripted_server(answer, connections: int = 1):
+    """A broken server made to order: a TCP listener on a free port whose first
+    ``connections`` connections are each handed to ``answer(conn)``, then closed.
+    Yields the port."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(30)
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                for _ in range(connections):
+                    conn, _ = listener.accept()
+                    with conn, contextlib.suppress(OSError):
+                        answer(conn)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            thread.join(30)
 
 
 def sparse_file(path, size: int):

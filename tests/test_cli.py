@@ -3,14 +3,20 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 from click.testing import CliRunner
-from conftest import HELP, NOT_FOUND, SAMPLE_LINES, greencmd_env, lastlog_of, run_greencmd
+from conftest import (
+    HELP,
+    NOT_FOUND,
+    SAMPLE_LINES,
+    greencmd_env,
+    lastlog_of,
+    run_greencmd,
+    scripted_server,
+)
 
 from greencmd.tools.cli import cli
 
@@ -197,18 +203,8 @@ def test_client_error_lookalikes_inside_a_lastlog_body_are_not_errors(start_serv
 def test_client_exit_3_when_the_server_closes_without_replying(request_words):
     # follow reads until the server ends it: a close before any line is the same
     # failure, with the same hint (a plain client on a TLS port sees exactly this).
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-
-        def close_at_once():
-            conn, _ = listener.accept()
-            conn.recv(100)
-            conn.close()
-
-        thread = threading.Thread(target=close_at_once)
-        thread.start()
+    with scripted_server(lambda conn: conn.recv(100)) as port:  # then closes
         result = run_greencmd("client", "--port", str(port), *request_words)
-        thread.join()
     assert result.returncode == 3 and result.stdout == b""
     assert result.stderr == (b"greencmd: 127.0.0.1:%d closed the connection without a reply "
                              b"(a TLS port does that to a client without --tls)\n" % port)
@@ -218,21 +214,9 @@ def test_client_exit_3_when_the_server_closes_without_replying(request_words):
 def test_a_reply_cut_short_is_printed_then_exit_3(half):
     # A server may cut a reply (shutdown past --grace, a kill): what came is shown,
     # and it must not pass for a whole reply, one server or many.
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
-
-        def cut_short():
-            for _ in range(2):
-                conn, _ = listener.accept()
-                conn.recv(100)
-                conn.sendall(half)
-                conn.close()
-
-        thread = threading.Thread(target=cut_short)
-        thread.start()
+    with scripted_server(lambda conn: (conn.recv(100), conn.sendall(half)), 2) as port:
         single = run_greencmd("client", "--port", str(port), "lastlog")
         fleet = run_greencmd("client", "--port", str(port), "--json", "lastlog")
-        thread.join()
     assert (single.returncode, single.stdout) == (3, half)
     assert single.stderr == (b"greencmd: 127.0.0.1:%d closed the connection in the middle "
                              b"of a reply\n" % port)

@@ -8,11 +8,19 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-from conftest import HELP, Server, free_port, greencmd_env, memory_kib, run_greencmd, wait_until
+from conftest import (
+    HELP,
+    Server,
+    free_port,
+    greencmd_env,
+    memory_kib,
+    run_greencmd,
+    scripted_server,
+    wait_until,
+)
 
 NOT_FOUND = b"Command not found.\n"
 
@@ -196,17 +204,31 @@ def test_follow_prints_lines_as_they_arrive_and_ctrl_c_stops_all(servers, tmp_pa
     assert client.returncode == 0
 
 
-def test_a_long_follow_of_many_servers_keeps_no_copy_of_what_it_printed(servers, tmp_path):
-    # Lines are printed as they come; a follow left running for days must not also
-    # keep every one in memory (40 MiB per server here, 80 MiB in all).
-    found = servers(2)
-    printed = tmp_path / "printed"
+@contextlib.contextmanager
+def following(found: list[Server], printed):
+    """A fleet ``follow 1`` of ``found`` printing into the file ``printed``, once both
+    backlogs are printed; stopped with Ctrl-C at the end (its stderr left to read)."""
     with printed.open("wb") as out:
         client = subprocess.Popen([sys.executable, "-m", "greencmd", "client", *hosts(found),
                                    "follow", "1"],
                                   stdout=out, stderr=subprocess.PIPE, env=greencmd_env())
     try:
-        wait_until(lambda: printed.read_bytes().count(b"old line\n") == 2, 20, "backlogs")
+        wait_until(lambda: printed.read_bytes().count(b"old line\n") == len(found), 20,
+                   "backlogs")
+        yield client
+        client.send_signal(signal.SIGINT)
+        client.wait(15)
+    finally:
+        if client.poll() is None:
+            client.kill()
+
+
+def test_a_long_follow_of_many_servers_keeps_no_copy_of_what_it_printed(servers, tmp_path):
+    # Lines are printed as they come; a follow left running for days must not also
+    # keep every one in memory (40 MiB per server here, 80 MiB in all).
+    found = servers(2)
+    printed = tmp_path / "printed"
+    with following(found, printed) as client:
         before = memory_kib(client.pid)
         line = b"x" * 1023 + b"\n"
         for server in ("s0", "s1"):
@@ -217,33 +239,18 @@ def test_a_long_follow_of_many_servers_keeps_no_copy_of_what_it_printed(servers,
         wait_until(lambda: printed.read_bytes().count(b": last line\n") == 2, 120,
                    "every line printed")
         grown = memory_kib(client.pid, "VmHWM") - before
-        client.send_signal(signal.SIGINT)
-        _, err = client.communicate(timeout=15)
-    finally:
-        if client.poll() is None:
-            client.kill()
     assert printed.read_bytes().count(b"x" * 1023 + b"\n") == 2 * 40 * 1024
     assert grown < 20 * 1024, "the client grew by %d KiB" % grown
-    assert err == b"2 servers: 2 ok, 0 error replies, 0 unreachable\n"
+    assert client.stderr.read() == b"2 servers: 2 ok, 0 error replies, 0 unreachable\n"
 
 
 def test_a_followed_line_over_64_kib_is_printed_in_pieces(servers, tmp_path):
     found = servers(2)
     printed = tmp_path / "printed"
-    with printed.open("wb") as out:
-        client = subprocess.Popen([sys.executable, "-m", "greencmd", "client", *hosts(found),
-                                   "follow", "1"],
-                                  stdout=out, stderr=subprocess.PIPE, env=greencmd_env())
-    try:
-        wait_until(lambda: printed.read_bytes().count(b"old line\n") == 2, 20, "backlogs")
+    with following(found, printed):
         with open(tmp_path / "s0" / "app.log", "ab") as f:
             f.write(b"z" * (1 << 20) + b"\nlast line\n")
         wait_until(lambda: b": last line\n" in printed.read_bytes(), 60, "the line printed")
-        client.send_signal(signal.SIGINT)
-        client.communicate(timeout=15)
-    finally:
-        if client.poll() is None:
-            client.kill()
     prefix = labels(found)[0] + b": "
     pieces = [line[len(prefix):] for line in printed.read_bytes().splitlines()
               if line.startswith(prefix + b"z")]
@@ -254,22 +261,14 @@ def test_a_followed_line_over_64_kib_is_printed_in_pieces(servers, tmp_path):
 def test_a_server_that_never_ends_its_reply_is_stopped_not_kept(tmp_path):
     # Every reply is kept until all servers answered (for --gather and the summary);
     # a broken server that streams for ever must not fill the client's memory.
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
+    def stream_for_ever(conn: socket.socket) -> None:
+        conn.recv(100)
+        while True:  # until the client hangs up
+            conn.sendall(b"y" * 65535 + b"\n")
 
-        def stream_for_ever():
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(100)
-                with contextlib.suppress(OSError):
-                    while True:
-                        conn.sendall(b"y" * 65535 + b"\n")
-
-        thread = threading.Thread(target=stream_for_ever)
-        thread.start()
+    with scripted_server(stream_for_ever) as port:
         result = run_greencmd("client", "--host", "127.0.0.1:%d" % port, "--json", "help",
                               timeout=120)
-        thread.join(30)
     outcome = json.loads(result.stdout)
     assert (result.returncode, outcome["exit"], outcome["reply"]) == (3, 3, "")
     assert outcome["error"] == "sent over 64 MiB without ending its reply; stopped"
