@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import tracemalloc
 
 import pytest
 from conftest import (
@@ -16,6 +19,7 @@ from conftest import (
     Server,
     free_port,
     greencmd_env,
+    lastlog_of,
     memory_kib,
     run_greencmd,
     scripted_server,
@@ -259,8 +263,8 @@ def test_a_followed_line_over_64_kib_is_printed_in_pieces(servers, tmp_path):
 
 
 def test_a_server_that_never_ends_its_reply_is_stopped_not_kept(tmp_path):
-    # Every reply is kept until all servers answered (for --gather and the summary);
-    # a broken server that streams for ever must not fill the client's memory.
+    # A reply is kept until it is whole (to be printed as one block); a broken server
+    # that streams for ever must not fill the client's memory.
     def stream_for_ever(conn: socket.socket) -> None:
         conn.recv(100)
         while True:  # until the client hangs up
@@ -272,6 +276,56 @@ def test_a_server_that_never_ends_its_reply_is_stopped_not_kept(tmp_path):
     outcome = json.loads(result.stdout)
     assert (result.returncode, outcome["exit"], outcome["reply"]) == (3, 3, "")
     assert outcome["error"] == "sent over 64 MiB without ending its reply; stopped"
+
+
+@pytest.mark.parametrize("mode", ["blocks", "json", "gather"])
+def test_replies_already_printed_are_not_kept(tmp_path, mode):
+    # Eight servers send the same 8 MiB reply, then a ninth holds the client waiting.
+    # By then the eight were printed (with --gather, one copy is kept to print at the
+    # end): the client must not hold 64 MiB of replies it is done with, as a fleet of
+    # a thousand would hold gigabytes.
+    from greencmd.client import fleet
+    from greencmd.client.hosts import Target
+
+    reply = lastlog_of([b"x" * 1023] * (8 << 10))
+    closed = threading.Semaphore(0)
+    kept: list[int] = []
+
+    def answer(conn: socket.socket) -> None:
+        conn.recv(100)
+        conn.sendall(reply)
+        conn.shutdown(socket.SHUT_WR)
+        conn.recv(1)  # b"" once the client has read it all and closed
+        closed.release()
+
+    def answer_last(conn: socket.socket) -> None:
+        conn.recv(100)
+        for _ in range(8):
+            closed.acquire(timeout=60)
+        deadline = time.monotonic() + 10  # the client's main greenlet takes them in
+        while time.monotonic() < deadline:
+            kept.append(tracemalloc.get_traced_memory()[0])
+            if kept[-1] < 20 << 20:
+                break
+            time.sleep(0.05)
+        conn.sendall(lastlog_of([b"last"]))
+
+    with contextlib.ExitStack() as stack, (tmp_path / "printed").open("w+b") as out:
+        ports = [stack.enter_context(scripted_server(answer)) for _ in range(8)]
+        ports.append(stack.enter_context(scripted_server(answer_last)))
+        found = fleet.profiles([Target("127.0.0.1", port, "s%d" % port) for port in ports],
+                               None, None, 60)
+        tracemalloc.start()
+        try:
+            status = fleet.run(found, b"lastlog", 32, out, io.StringIO(),
+                               as_json=mode == "json", gather=mode == "gather")
+        finally:
+            tracemalloc.stop()
+        out.seek(0)
+        printed = out.read()
+    assert status == 0
+    assert printed.count(b"End lastlog") == (2 if mode == "gather" else 9)
+    assert min(kept) < 20 << 20, "the client kept %d MiB" % (min(kept) >> 20)
 
 
 def test_one_host_may_carry_its_port(servers):

@@ -36,7 +36,7 @@ from ..core.tls import (
     is_tls,
     no_reply,
 )
-from .gather import print_gathered
+from .gather import Gathered
 from .hosts import Target
 from .single import CUT_SHORT, Refused, authenticate, no_more_requests
 
@@ -101,7 +101,7 @@ def profiles(found: list[Target], tls_files: tuple | None, token: bytes | None,
     return chosen
 
 
-#: Most of one server's reply kept (its whole reply is kept until all have answered):
+#: Most of one server's reply kept (a reply is printed, or gathered, once it is whole):
 #: far above any greencmd reply (lastlog and configured commands stop at 4 MiB).
 REPLY_LIMIT = 64 << 20
 TOO_LONG = "sent over %d MiB without ending its reply; stopped" % (REPLY_LIMIT >> 20)
@@ -236,23 +236,27 @@ def run(found: dict[Target, Profile], line: bytes, parallel: int, out: BinaryIO,
         finally:
             del waiting[target]
 
-    outcomes: list[Outcome] = []
+    outcomes: list[Outcome] = []  # for the summary: without their replies, once printed
+    gathered = Gathered() if gather else None
     show = not follow and len(found) > GLANCE and _is_terminal(err)
     progress = gevent.spawn(_show_progress, err, len(found), outcomes, waiting) if show else None
     try:
         pool = Pool(len(found) if follow else parallel)
         for outcome in pool.imap_unordered(ask_one, found):
-            if not gather:
+            if gathered is not None:
+                gathered.add(outcome)
+            else:
                 _report(outcome, out, streamed=follow and not as_json, as_json=as_json)
-            outcomes.append(outcome)
+            # A thousand servers' replies are not kept to the end: printed, or gathered.
+            outcomes.append(outcome._replace(reply=b""))
     finally:
         for handler in handlers:
             handler.cancel()
         if progress is not None:
             progress.kill()
             err.write("\r\x1b[K")  # the progress line goes before the summary comes
-    if gather:
-        print_gathered(outcomes, out)
+    if gathered is not None:
+        gathered.print(out)
     _summary(outcomes, err)
     if any(o.exit == UNREACHABLE for o in outcomes):
         return UNREACHABLE

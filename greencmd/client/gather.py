@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from .single import FAILED, OK, UNREACHABLE
 
-__all__ = ["fold", "print_gathered"]
+__all__ = ["fold", "Gathered"]
 
 _LAST_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")
 
@@ -56,19 +56,31 @@ def _ranges(numbers: list[int], width: int) -> list[str]:
             else "%0*d-%0*d" % (width, run[0], width, run[-1]) for run in runs]
 
 
-def print_gathered(outcomes: list, out: BinaryIO) -> None:
-    """Print every distinct reply once, under the hosts that gave it (see the module)."""
-    groups: dict[tuple[int, bytes, str | None], list[str]] = defaultdict(list)
-    for outcome in outcomes:
-        groups[outcome.exit, outcome.reply, outcome.error].append(outcome.target.label)
-    order = {OK: 0, FAILED: 1, UNREACHABLE: 2}
-    for (_status, reply, error), labels in sorted(
-            groups.items(), key=lambda item: (order[item[0][0]], -len(item[1]))):
-        header = "%s (%d)" % (fold(labels), len(labels))
-        rule = b"-" * min(max(len(header), 15), 79) + b"\n"
-        out.write(rule + header.encode() + b"\n" + rule)
-        if reply:
-            out.write(reply if reply.endswith(b"\n") else reply + b"\n")
-        if error:
-            out.write(b"error: " + error.encode() + b"\n")
-    out.flush()
+class Gathered:
+    """Replies grouped as they come: each distinct reply kept once, under the hosts
+    that gave it, for :meth:`print` at the end.
+
+    A thousand servers that give the same 4 MiB reply cost 4 MiB here, not 4 GiB:
+    a reply equal to one kept already is dropped once its host is noted.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[int, bytes, str | None], list[str]] = defaultdict(list)
+
+    def add(self, outcome) -> None:
+        """Note one server's outcome (a :class:`greencmd.client.fleet.Outcome`)."""
+        self._groups[outcome.exit, outcome.reply, outcome.error].append(outcome.target.label)
+
+    def print(self, out: BinaryIO) -> None:
+        """Print every distinct reply once, under the hosts that gave it (see the module)."""
+        order = {OK: 0, FAILED: 1, UNREACHABLE: 2}
+        for (_status, reply, error), labels in sorted(
+                self._groups.items(), key=lambda item: (order[item[0][0]], -len(item[1]))):
+            header = "%s (%d)" % (fold(labels), len(labels))
+            rule = b"-" * min(max(len(header), 15), 79) + b"\n"
+            out.write(rule + header.encode() + b"\n" + rule)
+            if reply:
+                out.write(reply if reply.endswith(b"\n") else reply + b"\n")
+            if error:
+                out.write(b"error: " + error.encode() + b"\n")
+        out.flush()
