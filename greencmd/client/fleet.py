@@ -38,11 +38,18 @@ from ..core.tls import (
 )
 from .gather import Gathered
 from .hosts import Target
-from .single import CUT_SHORT, Refused, authenticate, no_more_requests
+from .single import (
+    CUT_SHORT,
+    FAILED,
+    OK,
+    RECV_SIZE,
+    UNREACHABLE,
+    Refused,
+    authenticate,
+    no_more_requests,
+)
 
 __all__ = ["Outcome", "Profile", "profiles", "ask", "run"]
-
-OK, FAILED, UNREACHABLE = 0, 1, 3
 
 
 class Outcome(NamedTuple):
@@ -129,7 +136,7 @@ def ask(target: Target, line: bytes, profile: Profile, on_line=None,
         if stop is None:
             no_more_requests(sock)
             size = 0
-            while data := sock.recv(65536):
+            while data := sock.recv(RECV_SIZE):
                 replies.feed(data)
                 received.append(data)
                 size += len(data)
@@ -171,7 +178,7 @@ def _stream(sock, on_line, stop: Event, timeout: float, replies, received) -> No
         sock.settimeout(None)
         pending = b""
         began = True
-        while data := sock.recv(65536):
+        while data := sock.recv(RECV_SIZE):
             replies.feed(data)
             if replies.failed and began:  # no follow began: let the server close
                 began = False

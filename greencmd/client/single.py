@@ -24,6 +24,7 @@ __all__ = ["Endpoint", "ClientError", "OK", "FAILED", "UNREACHABLE", "request", 
            "follow", "is_follow"]
 
 OK, FAILED, UNREACHABLE = 0, 1, 3
+#: Most read from the server at once.
 RECV_SIZE = 65536
 
 
