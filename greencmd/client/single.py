@@ -203,7 +203,7 @@ def interact(endpoint: Endpoint, timeout: float, stdin_fd: int, out: BinaryIO,
         try:
             sel.register(stdin_fd, selectors.EVENT_READ)
         except PermissionError:  # a regular file or /dev/null: epoll cannot watch it
-            return _send_file(sock, stdin_fd, out, timeout, where)
+            return _send_file(sock, stdin_fd, out, timeout, endpoint)
         sock.settimeout(None)
         sel.register(sock, selectors.EVENT_READ)
         replies, asked = protocol.ReplyScanner(), False
@@ -228,8 +228,9 @@ def interact(endpoint: Endpoint, timeout: float, stdin_fd: int, out: BinaryIO,
 
 
 def _send_file(sock: socket.socket, fd: int, out: BinaryIO, timeout: float,
-               where: str) -> int:
+               endpoint: Endpoint) -> int:
     """Send a file's lines from a thread while this one prints the replies."""
+    where = endpoint.where
     asked, failure = [False], []
 
     def pump() -> None:
@@ -248,8 +249,8 @@ def _send_file(sock: socket.socket, fd: int, out: BinaryIO, timeout: float,
     if failure and isinstance(failure[0], TimeoutError):
         raise ClientError("%s took no more requests for %s" % (where, duration(timeout)))
     if failure and not replies.received:
-        raise _lost(failure[0], where, timeout, is_tls(sock))
-    return _status(replies, asked[0], where, no_reply(is_tls(sock)))
+        raise _lost(failure[0], where, timeout, endpoint.tls)
+    return _status(replies, asked[0], where, no_reply(endpoint.tls))
 
 
 def expects_reply(data: bytes) -> bool:
