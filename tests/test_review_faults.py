@@ -168,6 +168,50 @@ def test_asyncio_sees_the_exit_of_a_child_its_watcher_reaped_first():
     assert result.stdout == b"exited after 0.0 s\n", (result.stdout, result.stderr[-2000:])
 
 
+WATCHER_WOKEN_AFTER_HANG_UP = r'''
+import os, socket as stdsock, struct, time
+import gevent
+from gevent import socket
+from gevent.socket import wait_read
+from greencmd.gevent_engine.session import kill_on_reset
+listener = socket.create_server(("127.0.0.1", 0))
+failed = 0
+for _ in range(20):
+    client = stdsock.create_connection(listener.getsockname())
+    sock, _ = listener.accept()
+    wake_r, wake_w = os.pipe()
+
+    def session() -> None:
+        wait_read(wake_r)  # the command ends in the loop turn that sees the reset
+        watcher.kill(block=False)  # as Session.run_command's finally
+        sock.close()  # as the hang-up after a reply the reset client cannot take
+
+    session_greenlet = gevent.spawn(session)
+    watcher = gevent.spawn(kill_on_reset, sock, session_greenlet)
+    gevent.sleep(0.01)  # both wait
+    client.setsockopt(stdsock.SOL_SOCKET, stdsock.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    os.write(wake_w, b"x")
+    time.sleep(0.01)  # both events there before the loop looks
+    gevent.joinall([session_greenlet, watcher], timeout=5)
+    ended_quietly = isinstance(watcher.exception, (type(None), gevent.GreenletExit))
+    failed += not (watcher.dead and ended_quietly)
+    os.close(wake_r)
+    os.close(wake_w)
+print(failed)
+'''
+
+
+def test_a_reset_watcher_woken_after_the_session_hung_up_ends_quietly():
+    # Found by a soak of mixed abuse: a client resets as its command ends; the
+    # session hangs up before its non-blocking kill of the watcher comes round, and
+    # the watcher, woken in the same loop turn, peeked a closed socket: ValueError,
+    # and a traceback on the server's stderr (31 in 40 seconds).
+    result = subprocess.run([sys.executable, "-c", WATCHER_WOKEN_AFTER_HANG_UP],
+                            env=greencmd_env(), capture_output=True, timeout=60)
+    assert (result.stdout, result.stderr) == (b"0\n", b"")
+
+
 @pytest.mark.engines("gevent", "twisted")
 def test_a_reset_storm_of_lastlogs_does_not_starve_a_polite_client(start_server, tmp_path):
     big = tmp_path / "big.log"

@@ -191,6 +191,10 @@ def kill_on_reset(sock: socket.socket, session: gevent.Greenlet) -> None:
     """
     while True:
         wait_read(sock.fileno())
+        if sock.fileno() == -1:
+            # The session ended its command and hung up before its kill of this
+            # greenlet came round: woken in the same loop turn, there is no client left.
+            return
         try:
             if peek(sock) is not None:  # woken, but maybe nothing there after all
                 return
