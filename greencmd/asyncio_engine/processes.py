@@ -16,7 +16,7 @@ from asyncio.subprocess import DEVNULL, PIPE, Process
 
 from ..core.programs import AT_ONCE, STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
 
-__all__ = ["start", "run", "read_capped", "read_last", "kill_group", "CHUNK"]
+__all__ = ["start", "run", "read_capped", "read_last", "drain", "kill_group", "CHUNK"]
 
 #: Read size from a child's pipe (a pipe holds 64 KiB).
 CHUNK = 65536
@@ -41,25 +41,29 @@ async def run(argv: list[str], timeout: float, limit: int) -> Finished:
         _turns = asyncio.Semaphore(AT_ONCE)
     async with _turns:
         child = await start(argv)
-        # Both pipes are read while the child runs: one that fills stderr must not block.
-        readers = asyncio.gather(read_capped(child, limit), read_last(child.stderr, STDERR_KEPT))
         try:
-            status, output, errors = await asyncio.wait_for(_complete(child, readers), timeout)
+            status, output, errors = await asyncio.wait_for(_complete(child, limit), timeout)
         except asyncio.TimeoutError:
             raise TimedOut() from None
         finally:
-            readers.cancel()
             kill_group(child)
     if output is None:
         raise TooMuchOutput()
     return Finished(status, output, errors)
 
 
-async def _complete(child: Process, readers: asyncio.Future) -> tuple[int, bytes | None, bytes]:
+async def _complete(child: Process, limit: int) -> list:
+    # The exit and both pipes at once: a child that fills stderr must not block. Awaited
+    # here, a cancelled gather is seen by the one who cancelled it (a gather cancelled
+    # and left alone complains in the log that its CancelledError was never retrieved).
+    return await asyncio.gather(_exit(child), read_capped(child, limit),
+                                read_last(child.stderr, STDERR_KEPT))
+
+
+async def _exit(child: Process) -> int:
     await exited(child)
     kill_group(child)  # what it left behind must not hold the pipes open
-    output, errors = await readers
-    return await child.wait(), output, errors
+    return await child.wait()
 
 
 async def exited(child: Process) -> None:
@@ -108,6 +112,17 @@ async def read_last(stream: asyncio.StreamReader, keep: int) -> bytes:
     while chunk := await stream.read(CHUNK):
         kept = (kept + chunk)[-keep:]
     return kept
+
+
+async def drain(child: Process) -> None:
+    """Read ``child``'s stdout to its end, once the child is killed.
+
+    asyncio closes a child's transport when its pipes are done; a pipe left
+    unread (its reading paused: a follow whose client stopped reading) holds it
+    open until the garbage collector finds it, maybe after the loop is closed.
+    """
+    while await child.stdout.read(CHUNK):
+        pass
 
 
 def kill_group(child: Process) -> None:

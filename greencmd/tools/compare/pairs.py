@@ -120,7 +120,7 @@ PAIRS = [
          _engines("processes.py", ("run", "_run", "read_capped", "read_last", "kill_group",
                                    "kill_and_reap", "_clean_up"),
                   ("spawn", "SessionChild", "ChildProtocol", "run", "_run"),
-                  ("start", "run", "_complete", "exited", "read_capped", "read_last",
+                  ("start", "run", "_complete", "_exit", "exited", "read_capped", "read_last",
                    "kill_group"),
                   gevent=(Part("gevent_engine/fast_subprocess.py", ("Popen", "Pipe")),))),
     Pair("follow", "follow: stream tail -F to the client until a line stops it; a client "
