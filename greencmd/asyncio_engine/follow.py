@@ -68,6 +68,7 @@ async def follow(session: Following, arg: bytes) -> bytes:
         if stopper is not None:
             stopper.cancel()
             await asyncio.wait({stopper})  # its read ends before the session reads again
+        await processes.drain(tail)
     if ended is GONE:
         raise ClientGone()
     return lines.finish() + protocol.FOLLOW_END
