@@ -55,7 +55,8 @@ class CommandServer:
         self.state = ServerState.from_config(config, self.sessions)
         self.closing = asyncio.Event()
         self.tls = tls_context(config)
-        self.connections: set[asyncio.Task] = set()  # sessions, refusals, hang-ups
+        #: Each connection's task (sessions, refusals, hang-ups) and its writer.
+        self.connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
         self.server: asyncio.Server | None = None
 
     async def start(self, listener: socket.socket | None = None) -> str:
@@ -83,7 +84,7 @@ class CommandServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection in this coroutine, from accept to close (or refuse it)."""
         task = asyncio.current_task()
-        self.connections.add(task)
+        self.connections[task] = writer
         try:
             stats = self.state.stats
             number, stats.accepted = stats.accepted, stats.accepted + 1
@@ -96,7 +97,7 @@ class CommandServer:
             await self.serve_session(Connection(reader, writer, self.config.max_line,
                                                 self.config.idle_timeout), host, number)
         finally:
-            self.connections.discard(task)
+            del self.connections[task]
 
     async def serve_session(self, conn: Connection, host: str, number: int) -> None:
         """Run a :class:`Session` for the connection, or refuse it past max clients."""
@@ -133,11 +134,16 @@ class CommandServer:
             await asyncio.wait(busy, timeout=grace)
         for session in list(self.sessions):
             session.task.cancel()
-        # Sessions say bye and linger; refusals linger too. Then the rest is cut off.
+        # Sessions say bye and linger; refusals linger too. Then the rest is cut off,
+        # as a reset would: each one's coroutine sees its connection lost and returns.
+        # (Not a cancel: a connection's task that ends cancelled is reported as an
+        # unhandled error by start_server on Python 3.11 and 3.12.)
         if self.connections:
             await asyncio.wait(list(self.connections), timeout=LINGER_SECONDS + 1)
-        for task in list(self.connections):
-            task.cancel()
+        for writer in self.connections.values():
+            writer.transport.abort()
+        if self.connections:
+            await asyncio.wait(list(self.connections), timeout=1)
         self.state.pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -147,12 +153,17 @@ def quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     asyncio pauses accepting by itself after such an error; open sessions go on.
     """
     exc = context.get("exception")
-    if isinstance(exc, OSError) and "accept" in context.get("message", ""):
+    message = context.get("message", "")
+    if isinstance(exc, OSError) and "accept" in message:
         _accept_failures.say(describe_os_error(exc))
     elif isinstance(exc, (ConnectionError, TimeoutError)):
         return  # a client that went away mid-close: nothing to say
+    elif isinstance(exc, ValueError) and "._start_serving(" in message:
+        # asyncio's retry of accepting, a second after it ran out of descriptors,
+        # come after shutdown closed the listener: nothing is left to accept on.
+        return
     else:
-        log("asyncio: %s%s" % (context.get("message", "error"),
+        log("asyncio: %s%s" % (message or "error",
                                ": %s" % describe_os_error(exc) if isinstance(exc, OSError)
                                else ""))
 
