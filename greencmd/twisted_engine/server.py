@@ -116,10 +116,16 @@ def finished(d: defer.Deferred) -> defer.Deferred:
 
 @defer.inlineCallbacks
 def settled_within(d: defer.Deferred, seconds: float):
-    """Wait for ``d`` at most ``seconds``; True if it fired in time."""
-    d.addTimeout(seconds, reactor)
+    """Wait for ``d`` at most ``seconds``, leaving ``d`` alone; True if it fired in time.
+
+    The timeout cancels a stand-in, not ``d``: a DeferredList cancelled fires
+    with its cancelled parts as results (no TimeoutError, so a wait that ran out
+    looked settled), and leaves their CancelledErrors unhandled.
+    """
+    waiting = finished(d)
+    waiting.addTimeout(seconds, reactor)
     try:
-        yield d
+        yield waiting
     except defer.TimeoutError:
         return False
     return True
