@@ -58,6 +58,7 @@ class Server:
             [sys.executable, "-m", "greencmd", "serve", *args], cwd=cwd, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         self.lines: list[str] = []
+        self._stderr_text: bytes | None = None
         self._changed = threading.Condition()
         self._collector = threading.Thread(target=self._collect, daemon=True)
         self._collector.start()
@@ -103,7 +104,19 @@ class Server:
     def _stderr(self) -> bytes:
         if self.proc.poll() is None:
             return b"(still running)"
-        return self.proc.stderr.read()
+        if self._stderr_text is None:
+            self._stderr_text = self.proc.stderr.read()
+        return self._stderr_text
+
+    def complaints(self) -> list[str]:
+        """What the server's libraries said of an error nobody handled: gevent's hub
+        printing a greenlet's traceback, Twisted's unhandled errors, the asyncio loop's
+        exception handler; each is a fault, whatever the client did. Once it has exited."""
+        said = [line for line in self.lines if any(mark in line for mark in UNHANDLED)]
+        stderr = self._stderr().decode("utf-8", "replace")
+        if "Traceback" in stderr or any(mark in stderr for mark in UNHANDLED):
+            said.append(stderr)
+        return said
 
     def children(self) -> list[int]:
         """PIDs whose parent is the server (zombies included)."""
@@ -208,12 +221,19 @@ def wait_until(predicate, timeout: float = 15, message: str = "condition") -> No
         time.sleep(0.02)
 
 
+#: What gevent's hub, Twisted and the asyncio loop's handler (as the engine logs it)
+#: print of an error that no code of greencmd handled.
+UNHANDLED = (" failed with ", "Unhandled error", "Unhandled Error", "asyncio: ",
+             "never retrieved", "Exception in callback", "Task was destroyed")
+
+
 @pytest.fixture
 def start_server(tmp_path, engine):
     """Start servers with extra ``serve`` options; each is stopped and checked after.
 
     By default the log file is in tmp_path and lastlog tails a small file there.
-    At teardown: no child process may be left, and SIGTERM must give exit 0.
+    At teardown: no child process may be left, SIGTERM must give exit 0, and no
+    library may have complained of an error nobody handled.
     """
     servers: list[Server] = []
 
@@ -234,6 +254,7 @@ def start_server(tmp_path, engine):
             if server.proc.poll() is None:
                 wait_until(lambda s=server: not s.children(), 15, "no child process left")
                 assert server.stop() == 0
+            assert not server.complaints()
     finally:
         for server in servers:  # even when a check above failed: leave nothing running
             if server.proc.poll() is None:
