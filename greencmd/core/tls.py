@@ -100,7 +100,7 @@ def describe_tls_error(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return "certificate verify failed: %s" % (exc.verify_message or exc.reason)
     if isinstance(exc, ssl.SSLError):
-        text = exc.reason or str(exc)
+        text = getattr(exc, "reason", None) or str(exc)  # made in Python, it may have none
         return text.replace("_", " ").lower()
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror[:1].lower() + exc.strerror[1:]

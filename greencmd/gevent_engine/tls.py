@@ -39,7 +39,12 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
 def tls_handshake(context: ssl.SSLContext, sock: socket.socket,
                   system: str) -> ssl.SSLSocket | None:
     """The TLS socket once the client completed its handshake; None (and one log line) if not."""
-    tls_sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    try:
+        tls_sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    except (ssl.SSLError, OSError):
+        # gevent checks the peer here: a client that sent bytes, then reset, before
+        # its connection was accepted (asyncio's words for it).
+        return _failed("connection reset by peer", system)
     try:
         with gevent.Timeout(HANDSHAKE_SECONDS, HandshakeTimeout):
             tls_sock.do_handshake()
@@ -50,5 +55,8 @@ def tls_handshake(context: ssl.SSLContext, sock: socket.socket,
         why = server_handshake_failure(describe_tls_error(exc)
                                        or "the client closed the connection")
     tls_sock.close()
+    return _failed(why, system)
+
+
+def _failed(why: str, system: str) -> None:
     log("TLS handshake failed: %s" % why, system, "tls_failed", "warning", reason=why)
-    return None

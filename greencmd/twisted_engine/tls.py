@@ -8,7 +8,7 @@ the finished handshake through ``IHandshakeListener``. Compare
 
 from __future__ import annotations
 
-from twisted.internet import ssl
+from twisted.internet import error, ssl
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from ..core.errors import describe_os_error
@@ -48,6 +48,8 @@ def with_tls(config: ServerConfig, factory):
 
 def describe_openssl_error(exc: BaseException) -> str:
     """pyOpenSSL's error as the few words the gevent engine logs (``tlsv1 alert unknown ca``)."""
+    if isinstance(exc, error.ConnectionLost):  # not clean: a reset, in the others' words
+        return "connection reset by peer"
     errors = getattr(exc, "args", [None])[0]
     if isinstance(errors, list) and errors and len(errors[-1]) == 3:
         return str(errors[-1][2]).replace("_", " ").lower()
