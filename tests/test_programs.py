@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -48,6 +49,9 @@ run = ["sleep", "%(mark)s"]
 
 [commands.grandchild]
 run = ["sh", "-c", "sleep %(mark)s & echo started"]
+
+[commands.yes]
+run = ["yes"]
 """ % {"dir": tmp_path, "mark": MARK}
 
 
@@ -72,7 +76,8 @@ def test_help_lists_configured_commands_after_the_built_ins(programs):
     server = programs()
     assert server.talk(b"help\n") == (
         b"Commands: lastlog [N], follow [N], comhash PATH, stats, help, exit, quit, Hello, "
-        b"record WORDS, fail, quietfail, killed, nonl, missing, flood, forever, grandchild\n")
+        b"record WORDS, fail, quietfail, killed, nonl, missing, flood, forever, grandchild, "
+        b"yes\n")
 
 
 def test_output_is_framed_with_the_name_as_written_in_any_case(programs):
@@ -158,6 +163,36 @@ def test_a_reset_kills_the_program_and_all_it_started(programs):
     reset(sock)
     wait_until(lambda: not marked_processes(), message="sleep killed")
     wait_until(lambda: not server.children(), message="reaped")
+
+
+def test_a_program_stopped_with_output_unread_leaves_no_descriptor_open(programs):
+    # asyncio closes a child's pipes only once they are read to their end: a reply
+    # cut at 4 MiB, or a reset that cancelled the reading, left them open (and the
+    # child's transport, and what it had buffered) until the garbage collector found
+    # them, if ever before the loop closed: 85 descriptors after a 10-second soak.
+    # Before Python 3.12, Process.wait() also waits for that end: such a reply could
+    # take the whole --command-timeout instead.
+    server = programs("--max-clients", "20")
+    assert server.talk(b"help\n").startswith(b"Commands:")
+    before = server.fd_count()
+    replies: list[bytes] = []
+
+    def floods() -> None:  # at once, so the server reads slower than they write
+        for _ in range(6):
+            replies.append(server.talk(b"flood\n"))
+            sock = server.connect()
+            sock.sendall(b"yes\n")
+            time.sleep(0.05)
+            reset(sock)
+
+    threads = [threading.Thread(target=floods) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert replies == [b"An error occured: flood printed over 4 MiB; stopped\n"] * 48
+    wait_until(lambda: not server.children(), message="children killed and reaped")
+    wait_until(lambda: server.fd_count() <= before, 5, "descriptors closed")
 
 
 def test_stats_count_configured_commands_by_lower_case_name(programs):

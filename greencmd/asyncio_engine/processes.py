@@ -11,12 +11,14 @@ Compare ``gevent_engine/processes.py`` and ``twisted_engine/processes.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from asyncio.subprocess import DEVNULL, PIPE, Process
 
 from ..core.programs import AT_ONCE, STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
 
-__all__ = ["start", "run", "read_capped", "read_last", "drain", "kill_group", "CHUNK"]
+__all__ = ["start", "run", "read_capped", "read_last", "read_to_end", "drain", "kill_group",
+           "CHUNK"]
 
 #: Read size from a child's pipe (a pipe holds 64 KiB).
 CHUNK = 65536
@@ -47,6 +49,7 @@ async def run(argv: list[str], timeout: float, limit: int) -> Finished:
             raise TimedOut() from None
         finally:
             kill_group(child)
+            await drain(child)  # stopped by a timeout or a reset: its pipes are freed too
     if output is None:
         raise TooMuchOutput()
     return Finished(status, output, errors)
@@ -94,13 +97,18 @@ async def exited(child: Process) -> None:
 
 
 async def read_capped(child: Process, limit: int) -> bytes | None:
-    """Everything stdout gives until EOF; past ``limit`` bytes, kill ``child``, None."""
+    """Everything stdout gives until EOF; past ``limit`` bytes, kill ``child``, None.
+
+    Past the limit the rest is still read, and dropped: asyncio frees a pipe only at
+    its end, and before Python 3.12 ``Process.wait()`` waits for that.
+    """
     chunks = []
     size = 0
     while chunk := await child.stdout.read(CHUNK):
         size += len(chunk)
         if size > limit:
             kill_group(child)
+            await read_to_end(child.stdout)
             return None
         chunks.append(chunk)
     return b"".join(chunks)
@@ -114,14 +122,34 @@ async def read_last(stream: asyncio.StreamReader, keep: int) -> bytes:
     return kept
 
 
-async def drain(child: Process) -> None:
-    """Read ``child``'s stdout to its end, once the child is killed.
+#: How long a killed child's pipes are read for their end; whatever holds one open
+#: longer has left the child's session, and is not waited for.
+DRAIN_SECONDS = 1.0
 
-    asyncio closes a child's transport when its pipes are done; a pipe left
-    unread (its reading paused: a follow whose client stopped reading) holds it
-    open until the garbage collector finds it, maybe after the loop is closed.
+
+async def drain(child: Process) -> None:
+    """Read the pipes of a killed ``child`` to their end, for at most DRAIN_SECONDS.
+
+    asyncio frees a child's pipes, and its transport, only at their end; pipes
+    left unread (a reset cancelled their reader, a follow's client stopped
+    reading) hold them open, and what they buffered, until the garbage collector
+    finds them, maybe after the loop is closed.
     """
-    while await child.stdout.read(CHUNK):
+    pipes = [pipe for pipe in (child.stdout, child.stderr)
+             if pipe is not None and not pipe.at_eof()]
+    if pipes:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(_read_all_to_end(pipes), DRAIN_SECONDS)
+
+
+async def _read_all_to_end(pipes: list[asyncio.StreamReader]) -> None:
+    for pipe in pipes:
+        await read_to_end(pipe)
+
+
+async def read_to_end(pipe: asyncio.StreamReader) -> None:
+    """Read ``pipe`` until EOF, keeping nothing."""
+    while await pipe.read(CHUNK):
         pass
 
 
