@@ -1,0 +1,271 @@
+"""Abuse one greencmd server for a while, then see what it was left holding.
+
+    python benchmarks/soak.py [--engine gevent] [--seconds 30] [--clients 50] [--tls]
+
+Starts ``greencmd serve`` with configured commands that sleep, flood their pipe
+or leave a grandchild behind, then has ``--clients`` threads do, at random and
+without pause, what careless and hostile clients do: reset in the middle of a
+``lastlog``, a ``comhash`` of 50 MiB, a flood or a ``follow``; stop a follow;
+send a pipeline and never read it; trickle half a line; send random bytes, an
+overlong line; half-close; ask a plugin command bad input; and, with ``--tls``,
+speak plain text to the TLS port or reset in the middle of a handshake. The log
+is reopened (SIGHUP) every second and the metrics page scraped five times a
+second meanwhile.
+
+Then, once the idle timeout has ended what is left, it reports the server's
+descriptors before and after, its children, its memory, and every line in
+which gevent's hub, Twisted or the asyncio loop complained of an error nothing
+handled (as the test suite's teardown checks). Exit status 1 if any descriptor,
+child or complaint is left. Each of these found a fault the tests then kept
+(docs/performance.md); it is not a test itself, being random and slow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+#: What each library prints of an error nothing handled (tests/conftest.py's list).
+UNHANDLED = (" failed with ", "Unhandled error", "Unhandled Error", "asyncio: ",
+             "never retrieved", "Exception in callback", "Task was destroyed", "Traceback")
+
+COMMANDS = """
+[commands.slow]
+run = ["sleep", "0.3"]
+[commands.flood]
+run = ["yes"]
+[commands.orphan]
+run = ["sh", "-c", "sleep 30 & echo started"]
+[commands.echo]
+run = ["echo"]
+args = "append"
+"""
+
+
+class Target:
+    """The server under load: where it listens and how to reach it."""
+
+    def __init__(self, port: int, context: ssl.SSLContext | None) -> None:
+        self.port, self.context = port, context
+
+    def connect(self, plain: bool = False) -> socket.socket:
+        """A new connection; over TLS when the server speaks it, unless ``plain``."""
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        if self.context is not None and not plain:
+            sock = self.context.wrap_socket(sock, server_hostname="127.0.0.1")
+        return sock
+
+    def ask(self, lines: bytes, reset_after: float | None = None) -> bytes:
+        """Send ``lines``; reset after ``reset_after`` seconds, or end and read it all."""
+        sock = self.connect()
+        sock.sendall(lines)
+        if reset_after is not None:
+            time.sleep(reset_after)
+            reset(sock)
+            return b""
+        if self.context is None:
+            sock.shutdown(socket.SHUT_WR)
+        else:
+            sock.sendall(b"exit\n")  # TLS cannot half-close
+        return read_all(sock)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a reset, not a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes (or the connection fails), then close."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (OSError, ssl.SSLError):
+        pass
+    sock.close()
+    return data
+
+
+def actions(target: Target, workdir: str, tls: bool) -> list:
+    """What the clients do, one picked at random each time."""
+    big = os.path.join(workdir, "big").encode()
+
+    def never_read() -> None:
+        sock = target.connect()
+        sock.sendall(b"lastlog 1000\n" * 20)
+        time.sleep(random.random())
+        sock.close()
+
+    def trickle() -> None:
+        sock = target.connect()
+        sock.sendall(b"lastl")
+        time.sleep(random.random() * 3)
+        sock.close()
+
+    def garbage() -> None:
+        sock = target.connect(plain=True)
+        sock.sendall(os.urandom(random.randint(1, 3000)))
+        time.sleep(0.05)
+        reset(sock)
+
+    found = [
+        lambda: target.ask(b"lastlog 1000\n", random.random() * 0.02),
+        lambda: target.ask(b"comhash %s\n" % big, random.random() * 0.05),
+        lambda: target.ask(b"follow 5\n", random.random() * 0.3),
+        lambda: target.ask(b"follow 2\n\n"),
+        lambda: target.ask(b"slow\n", random.random() * 0.4),
+        lambda: target.ask(b"flood\n", random.random() * 0.1),
+        lambda: target.ask(b"flood\n"),
+        lambda: target.ask(b"orphan\n"),
+        lambda: target.ask(b"echo " + os.urandom(20).replace(b"\n", b"") + b"\n"),
+        lambda: target.ask(b"disk /nope\nloadavg\n"),
+        lambda: target.ask(b"help\nstats\nlastlog 5\n"),
+        lambda: target.ask(b"x" * 5000),
+        lambda: target.ask(b"lastlog 50\ncomhash /etc/hostname\n"),
+        never_read, trickle, garbage,
+    ]
+    if tls:
+        def handshake_reset() -> None:
+            sock = target.connect(plain=True)
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(40))
+            time.sleep(0.01)
+            reset(sock)
+
+        found += [lambda: read_all(target.connect(plain=True)), handshake_reset]
+    return found
+
+
+def fd_count(pid: int) -> int:
+    """Open descriptors of process ``pid``."""
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def children(pid: int) -> list[str]:
+    """PIDs whose parent is ``pid``."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid``, in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def start_server(args: argparse.Namespace, workdir: str) -> tuple[subprocess.Popen, int, int]:
+    """``greencmd serve`` under load's settings; (process, port, metrics port)."""
+    with open(os.path.join(workdir, "source.log"), "w") as f:
+        f.writelines("line %d %s\n" % (i, "x" * 80) for i in range(20000))
+    with open(os.path.join(workdir, "big"), "wb") as f:
+        f.truncate(50 << 20)
+    with open(os.path.join(workdir, "commands.toml"), "w") as f:
+        f.write(COMMANDS)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "greencmd", "serve", "--engine", args.engine,
+            "--port", "0", "--config", "commands.toml", "--log-file", "server.log",
+            "--lastlog-file", "source.log", "--idle-timeout", "2", "--max-clients", "40",
+            "--command-timeout", "2", "--grace", "1", "--max-line", "200",
+            "--metrics", "127.0.0.1:%d" % metrics, "--audit-log", "audit.log"]
+    if args.tls:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "key.pem",
+                        "-out", "cert.pem", "-days", "1", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"],
+                       cwd=workdir, check=True, capture_output=True)
+        argv += ["--tls-cert", "cert.pem", "--tls-key", "key.pem"]
+    proc = subprocess.Popen(argv, cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    for raw in proc.stdout:
+        if b"starting on" in raw:
+            return proc, int(raw.rsplit(b":", 1)[1]), metrics
+    raise SystemExit("soak: the server did not start: %d" % proc.wait())
+
+
+def load(target: Target, todo: list, proc: subprocess.Popen, metrics: int,
+         args: argparse.Namespace) -> list[str]:
+    """Run the clients for ``args.seconds``; what went wrong on the clients' side."""
+    stop = time.monotonic() + args.seconds
+    errors: list[str] = []
+
+    def client() -> None:
+        while time.monotonic() < stop:
+            try:
+                random.choice(todo)()
+            except (OSError, ssl.SSLError) as exc:
+                errors.append(type(exc).__name__)
+
+    def reopen_log() -> None:
+        while time.monotonic() < stop:
+            time.sleep(1)
+            proc.send_signal(signal.SIGHUP)
+
+    def scrape() -> None:
+        while time.monotonic() < stop:
+            time.sleep(0.2)
+            try:
+                urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics, timeout=5).read()
+            except OSError as exc:
+                errors.append("metrics: %s" % exc)
+
+    threads = [threading.Thread(target=client) for _ in range(args.clients)]
+    threads += [threading.Thread(target=reopen_log), threading.Thread(target=scrape)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def main() -> None:
+    """Load one server, then report what it was left holding (see the module)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", default="gevent", choices=["gevent", "twisted", "asyncio"])
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--tls", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        proc, port, metrics = start_server(args, workdir)
+        said: list[bytes] = []
+        threading.Thread(target=lambda: said.extend(proc.stdout), daemon=True).start()
+        context = None
+        if args.tls:
+            context = ssl.create_default_context(cafile=os.path.join(workdir, "cert.pem"))
+        target = Target(port, context)
+        target.ask(b"help\n")
+        time.sleep(0.5)
+        before = fd_count(proc.pid)
+        errors = load(target, actions(target, workdir, args.tls), proc, metrics, args)
+        time.sleep(6)  # idle timeouts, lingering closes and the last children end
+        after, left, rss = fd_count(proc.pid), children(proc.pid), rss_kib(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(60)
+        time.sleep(0.5)
+    complaints = [line for line in b"".join(said).decode("utf-8", "replace").splitlines()
+                  if any(mark in line for mark in UNHANDLED)]
+    print("%s%s, %d clients for %g s: exit %d; descriptors %d -> %d; children left %d; "
+          "RSS %d MiB; client-side errors %d; complaints %d"
+          % (args.engine, " over TLS" if args.tls else "", args.clients, args.seconds,
+             status, before, after, len(left), rss >> 10, len(errors), len(complaints)))
+    for line in complaints[:20]:
+        print("  " + line)
+    sys.exit(1 if status or after > before or left or complaints else 0)
+
+
+if __name__ == "__main__":
+    main()
