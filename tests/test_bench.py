@@ -204,3 +204,15 @@ def test_kernel_share_files_a_sample_where_it_ran(frames, where):
     # The innermost frame decides kernel or user; a kernel sample goes under the
     # system call it was in, however deep, or under page faults.
     assert kernel_share().category(frames) == where
+
+
+def test_the_soak_leaves_a_server_as_it_found_it_and_says_so():
+    # benchmarks/soak.py, briefly: its report line, and exit 0 when nothing is left
+    # (a fault it finds makes it exit 1; docs/performance.md, "Soak").
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"),
+                             "--seconds", "1", "--clients", "4"],
+                            env=greencmd_env(), capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = result.stdout.decode()
+    assert report.startswith("gevent, 4 clients for 1 s: exit 0; descriptors ")
+    assert "children left 0;" in report and report.rstrip().endswith("complaints 0")
