@@ -6,7 +6,16 @@ import signal
 import threading
 
 import pytest
-from conftest import HELP, Server, greencmd_env, read_all, read_until, run_greencmd, wait_until
+from conftest import (
+    HELP,
+    Server,
+    free_port,
+    greencmd_env,
+    read_all,
+    read_until,
+    run_greencmd,
+    wait_until,
+)
 
 #: The twin has no --workers; every other engine runs each test here.
 pytestmark = pytest.mark.engines("gevent", "asyncio")
@@ -87,6 +96,16 @@ def test_sighup_makes_every_worker_reopen_the_log(workers, tmp_path):
 def test_workers_are_not_for_the_twisted_engine():
     result = run_greencmd("serve", "--engine", "twisted", "--workers", "2", "--port", "0")
     assert result.returncode == 2 and b"gevent and asyncio engines only" in result.stderr
+
+
+def test_metrics_with_workers_is_a_usage_error():
+    # Found by a soak: every worker bound the metrics port; one served, the other
+    # failed and was started again every second, for ever.
+    result = run_greencmd("serve", "--workers", "2", "--port", "0", "--metrics",
+                          "127.0.0.1:%d" % free_port(), "--log-file", "", timeout=60)
+    assert result.returncode == 2
+    assert b"--metrics serves one process's figures" in result.stderr
+    assert b"Traceback" not in result.stderr
 
 
 def test_busy_port_with_workers_exits_1(workers):

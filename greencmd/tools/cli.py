@@ -202,6 +202,12 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
                                "(StreamWriter.start_tls); use --engine gevent or twisted.")
     if workers > 1 and engine == "twisted":
         raise click.UsageError("--workers is for the gevent and asyncio engines only.")
+    if workers > 1 and options["metrics"]:
+        # Each worker would bind the same port: one serves, the others fail and are
+        # started again every second, for ever.
+        raise click.UsageError("--metrics serves one process's figures, and the workers "
+                               "cannot all listen on its port: run one process "
+                               "(no --workers) to have metrics.")
     # GREENCMD_LOG_FILE= means "no log file", as --log-file '' does, though click
     # ignores an empty variable; so do the quotes copied from that option.
     if options["log_file"] in ("''", '""'):
