@@ -47,6 +47,7 @@ def servers(tmp_path):
     yield start
     for server in started:
         assert server.stop() == 0
+        assert not server.complaints()
 
 
 def hosts(found: list[Server]) -> list[str]:

@@ -37,6 +37,7 @@ def workers(tmp_path, engine):
     if server.proc.poll() is None:
         server.proc.kill()
         server.proc.wait()
+    assert not server.complaints()
 
 
 def worker_pids(server):
