@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -43,6 +44,29 @@ def test_the_client_takes_unix(unix_server):
     result = run_greencmd("client", "--unix", str(path), "lastlog", "1")
     assert result.returncode == 0
     assert result.stdout == b"Begin lastlog\nline 20 of the sample log\nEnd lastlog\n"
+
+
+def test_the_listen_queue_is_greencmds_length(unix_server):
+    # asyncio listened again on the socket greencmd made, with its own backlog (100).
+    # A stopped server takes nothing from the queue, so 120 connections must all fit.
+    server, path = unix_server()
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    queued, connected = [], 0
+    try:
+        for _ in range(120):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(0.5)  # past a full queue, connect() waits
+            queued.append(sock)
+            try:
+                sock.connect(str(path))
+            except OSError:
+                continue
+            connected += 1
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        for sock in queued:
+            sock.close()
+    assert connected == 120
 
 
 def test_the_file_is_removed_at_shutdown(unix_server):

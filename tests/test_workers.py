@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import socket
 import threading
 
 import pytest
@@ -49,6 +50,34 @@ def test_two_workers_serve_the_same_port(workers):
     workers.wait_for_count("Worker", 2)
     replies = [workers.talk(b"help\nlastlog 1\n") for _ in range(20)]
     assert all(reply.startswith(HELP + b"Begin lastlog\n") for reply in replies)
+
+
+def test_the_shared_listen_queue_keeps_its_length(workers):
+    # asyncio listens again on a socket it is given, with its own backlog (100) unless
+    # told: the workers shrank the queue greencmd made 4096 long. Stopped workers take
+    # nothing from it, so 120 connections must all fit.
+    wait_until(lambda: len(worker_pids(workers)) == 2, 15, "two workers")
+    workers.wait_for_count("Serving in worker process", 2)
+    stopped = worker_pids(workers)
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    queued, connected = [], 0
+    try:
+        for _ in range(120):
+            sock = socket.socket()
+            sock.settimeout(0.5)  # past a full queue, the kernel drops the handshake
+            queued.append(sock)
+            try:
+                sock.connect((workers.host, workers.port))
+            except OSError:
+                continue
+            connected += 1
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        for sock in queued:
+            sock.close()
+    assert connected == 120
 
 
 def test_a_killed_worker_is_started_again(workers):

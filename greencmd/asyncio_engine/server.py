@@ -68,11 +68,12 @@ class CommandServer:
         if listener is not None:
             serve = (asyncio.start_unix_server if listener.family == socket.AF_UNIX
                      else asyncio.start_server)
-            self.server = await serve(self.handle, sock=listener)
+            # asyncio listens again on a socket it is given: with our backlog, not its 100.
+            self.server = await serve(self.handle, sock=listener, backlog=BACKLOG)
             return listening_on(listener)
         if config.unix:
             self.server = await asyncio.start_unix_server(
-                self.handle, sock=listen_unix(config.unix, config.unix_mode))
+                self.handle, sock=listen_unix(config.unix, config.unix_mode), backlog=BACKLOG)
             return unix_address(config.unix)
         try:
             self.server = await asyncio.start_server(self.handle, config.host, config.port,
