@@ -1,6 +1,7 @@
 """Abuse one greencmd server for a while, then see what it was left holding.
 
     python benchmarks/soak.py [--engine gevent] [--seconds 30] [--clients 50] [--tls]
+                              [--unix] [--workers N] [-- MORE SERVE OPTIONS]
 
 Starts ``greencmd serve`` with configured commands that sleep, flood their pipe
 or leave a grandchild behind, then has ``--clients`` threads do, at random and
@@ -10,7 +11,7 @@ send a pipeline and never read it; trickle half a line; send random bytes, an
 overlong line; half-close; ask a plugin command bad input; and, with ``--tls``,
 speak plain text to the TLS port or reset in the middle of a handshake. The log
 is reopened (SIGHUP) every second and the metrics page scraped five times a
-second meanwhile.
+second meanwhile (not with ``--workers``, which has no metrics).
 
 Then, once the idle timeout has ended what is left, it reports the server's
 descriptors before and after, its children, its memory, and every line in
@@ -36,9 +37,11 @@ import threading
 import time
 import urllib.request
 
-#: What each library prints of an error nothing handled (tests/conftest.py's list).
+#: What each library prints of an error nothing handled (tests/conftest.py's list),
+#: and what the supervisor of --workers says of a worker that died.
 UNHANDLED = (" failed with ", "Unhandled error", "Unhandled Error", "asyncio: ",
-             "never retrieved", "Exception in callback", "Task was destroyed", "Traceback")
+             "never retrieved", "Exception in callback", "Task was destroyed", "Traceback",
+             "exited with status")
 
 COMMANDS = """
 [commands.slow]
@@ -56,12 +59,17 @@ args = "append"
 class Target:
     """The server under load: where it listens and how to reach it."""
 
-    def __init__(self, port: int, context: ssl.SSLContext | None) -> None:
-        self.port, self.context = port, context
+    def __init__(self, address: int | str, context: ssl.SSLContext | None) -> None:
+        self.address, self.context = address, context  # a TCP port, or a Unix socket's path
 
     def connect(self, plain: bool = False) -> socket.socket:
         """A new connection; over TLS when the server speaks it, unless ``plain``."""
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        if isinstance(self.address, str):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(5)
+            sock.connect(self.address)
+        else:
+            sock = socket.create_connection(("127.0.0.1", self.address), timeout=5)
         if self.context is not None and not plain:
             sock = self.context.wrap_socket(sock, server_hostname="127.0.0.1")
         return sock
@@ -159,28 +167,41 @@ def children(pid: int) -> list[str]:
     return found.stdout.split()
 
 
+def servers(proc: subprocess.Popen, workers: int) -> list[int]:
+    """The processes that serve: the server, or its workers (RSS and descriptors summed)."""
+    if workers == 1:
+        return [proc.pid]
+    return [int(pid) for pid in children(proc.pid)]
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory of process ``pid``, in KiB."""
     with open("/proc/%d/status" % pid) as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def start_server(args: argparse.Namespace, workdir: str) -> tuple[subprocess.Popen, int, int]:
-    """``greencmd serve`` under load's settings; (process, port, metrics port)."""
+def start_server(args: argparse.Namespace,
+                 workdir: str) -> tuple[subprocess.Popen, int | str, int | None]:
+    """``greencmd serve`` under load's settings; (process, port or socket, metrics port)."""
     with open(os.path.join(workdir, "source.log"), "w") as f:
         f.writelines("line %d %s\n" % (i, "x" * 80) for i in range(20000))
     with open(os.path.join(workdir, "big"), "wb") as f:
         f.truncate(50 << 20)
     with open(os.path.join(workdir, "commands.toml"), "w") as f:
         f.write(COMMANDS)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metrics = probe.getsockname()[1]
+    metrics = None
+    if args.workers == 1:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            metrics = probe.getsockname()[1]
     argv = [sys.executable, "-m", "greencmd", "serve", "--engine", args.engine,
             "--port", "0", "--config", "commands.toml", "--log-file", "server.log",
             "--lastlog-file", "source.log", "--idle-timeout", "2", "--max-clients", "40",
             "--command-timeout", "2", "--grace", "1", "--max-line", "200",
-            "--metrics", "127.0.0.1:%d" % metrics, "--audit-log", "audit.log"]
+            "--audit-log", "audit.log", "--workers", str(args.workers),
+            *(["--metrics", "127.0.0.1:%d" % metrics] if metrics else []),
+            *(["--unix", os.path.join(workdir, "greencmd.sock")] if args.unix else []),
+            *args.serve_options]
     if args.tls:
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "key.pem",
@@ -192,11 +213,13 @@ def start_server(args: argparse.Namespace, workdir: str) -> tuple[subprocess.Pop
                             stderr=subprocess.STDOUT)
     for raw in proc.stdout:
         if b"starting on" in raw:
+            if args.unix:
+                return proc, os.path.join(workdir, "greencmd.sock"), metrics
             return proc, int(raw.rsplit(b":", 1)[1]), metrics
     raise SystemExit("soak: the server did not start: %d" % proc.wait())
 
 
-def load(target: Target, todo: list, proc: subprocess.Popen, metrics: int,
+def load(target: Target, todo: list, proc: subprocess.Popen, metrics: int | None,
          args: argparse.Namespace) -> list[str]:
     """Run the clients for ``args.seconds``; what went wrong on the clients' side."""
     stop = time.monotonic() + args.seconds
@@ -215,7 +238,7 @@ def load(target: Target, todo: list, proc: subprocess.Popen, metrics: int,
             proc.send_signal(signal.SIGHUP)
 
     def scrape() -> None:
-        while time.monotonic() < stop:
+        while metrics and time.monotonic() < stop:
             time.sleep(0.2)
             try:
                 urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics, timeout=5).read()
@@ -238,29 +261,38 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--tls", action="store_true")
+    parser.add_argument("--unix", action="store_true", help="serve on a Unix socket")
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("serve_options", nargs="*", help="more options for greencmd serve")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        proc, port, metrics = start_server(args, workdir)
+        proc, address, metrics = start_server(args, workdir)
         said: list[bytes] = []
         threading.Thread(target=lambda: said.extend(proc.stdout), daemon=True).start()
         context = None
         if args.tls:
             context = ssl.create_default_context(cafile=os.path.join(workdir, "cert.pem"))
-        target = Target(port, context)
+        target = Target(address, context)
         target.ask(b"help\n")
         time.sleep(0.5)
-        before = fd_count(proc.pid)
+        before = sum(fd_count(pid) for pid in servers(proc, args.workers))
         errors = load(target, actions(target, workdir, args.tls), proc, metrics, args)
         time.sleep(6)  # idle timeouts, lingering closes and the last children end
-        after, left, rss = fd_count(proc.pid), children(proc.pid), rss_kib(proc.pid)
+        found = servers(proc, args.workers)
+        after = sum(fd_count(pid) for pid in found)
+        left = [child for pid in found for child in children(pid)]
+        rss = sum(rss_kib(pid) for pid in found)
         proc.send_signal(signal.SIGTERM)
         status = proc.wait(60)
         time.sleep(0.5)
     complaints = [line for line in b"".join(said).decode("utf-8", "replace").splitlines()
                   if any(mark in line for mark in UNHANDLED)]
-    print("%s%s, %d clients for %g s: exit %d; descriptors %d -> %d; children left %d; "
+    print("%s, %d clients for %g s: exit %d; descriptors %d -> %d; children left %d; "
           "RSS %d MiB; client-side errors %d; complaints %d"
-          % (args.engine, " over TLS" if args.tls else "", args.clients, args.seconds,
+          % (args.engine + (" over TLS" if args.tls else "") + (" on a Unix socket" if args.unix
+                                                                else "")
+             + (" with %d workers" % args.workers if args.workers > 1 else ""),
+             args.clients, args.seconds,
              status, before, after, len(left), rss >> 10, len(errors), len(complaints)))
     for line in complaints[:20]:
         print("  " + line)
