@@ -75,6 +75,27 @@ def test_serves_the_tcp_socket_systemd_passes_and_says_ready(engine, tmp_path, n
     assert b"starting on 127.0.0.1:%d" % port in out
 
 
+def test_a_metrics_port_it_cannot_have_ends_it_before_any_client_is_served(engine, tmp_path):
+    # A client already waits on the socket systemd passes. asyncio accepted it and
+    # answered its request, then failed on the metrics port and cancelled the session
+    # mid-way (a complaint in the log): the other engines bound the metrics port first.
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        taken, port = busy.getsockname()[1], free_port()
+        proc = activate(engine, ["127.0.0.1:%d" % port], tmp_path,
+                        "--metrics", "127.0.0.1:%d" % taken)
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            sock.sendall(b"help\n")
+            out, _ = proc.communicate(timeout=30)
+            try:
+                reply = read_all(sock)
+            except ConnectionResetError:  # never accepted: the kernel resets it
+                reply = b""
+            assert reply == b""
+    assert proc.returncode == 1
+    assert b"greencmd: cannot listen on 127.0.0.1:%d: address already in use" % taken in out
+    assert b"Client connection" not in out and b"asyncio:" not in out
+
+
 def test_serves_a_unix_socket_systemd_passes(engine, tmp_path):
     path = tmp_path / "greencmd.sock"
     proc = activate(engine, [str(path)], tmp_path)

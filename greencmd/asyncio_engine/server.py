@@ -192,9 +192,9 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None,
                                                                              flush).cancel)
     ticks = metrics = None
     try:
-        where = await server.start(listener)
-        if config.metrics:
+        if config.metrics:  # first: a port it cannot have must end us before any client comes
             metrics = await serve_metrics(server.state.metrics, *config.metrics)
+        where = await server.start(listener)
         if supervised:
             log("Serving in worker process %d" % os.getpid())
         else:
