@@ -294,6 +294,36 @@ def reset(sock: socket.socket) -> None:
 
 
 @contextlib.contextmanager
+def stopped(*pids: int):
+    """The processes ``pids`` stopped (SIGSTOP) for the block, then continued: what
+    clients do meanwhile reaches only the kernel (the connection, the listen queue)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def connections_that_fit(family: int, address, count: int) -> int:
+    """How many of ``count`` connections to ``address`` a listen queue nobody takes
+    from holds: each is given half a second (past a full queue a TCP handshake is
+    dropped, a Unix connect() waits). All are closed at the end."""
+    connected = 0
+    with contextlib.ExitStack() as held:
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(family))
+            sock.settimeout(0.5)
+            try:
+                sock.connect(address)
+            except OSError:
+                continue
+            connected += 1
+    return connected
+
+
+@contextlib.contextmanager
 def scripted_server(answer, connections: int = 1):
     """A broken server made to order: a TCP listener on a free port whose first
     ``connections`` connections are each handed to ``answer(conn)``, then closed.

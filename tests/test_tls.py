@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -25,6 +23,7 @@ from conftest import (
     reset,
     run_greencmd,
     sparse_file,
+    stopped,
 )
 
 NOT_FOUND = b"Command not found.\n"
@@ -154,14 +153,11 @@ def test_a_client_that_sent_and_reset_before_it_was_accepted_is_one_log_line(tls
     # the connection. gevent's wrap_socket() raised for it outside the handshake's
     # error handling: a traceback per such client (1,148 lines in 30 seconds).
     server = tls_server()
-    os.kill(server.proc.pid, signal.SIGSTOP)  # the kernel completes the connections
-    try:
+    with stopped(server.proc.pid):  # the kernel completes the connections
         for _ in range(3):
             sock = server.connect()
             sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"r" * 40)
             reset(sock)
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
     server.wait_for_count("TLS handshake failed: connection reset by peer", 3)
     result = client(server, "--cafile", str(pki / "ca.pem"), "help")
     assert (result.returncode, result.stdout) == (0, HELP)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import stat
 import subprocess
 
 import pytest
-from conftest import HELP, run_greencmd, wait_until
+from conftest import HELP, connections_that_fit, run_greencmd, stopped, wait_until
 
 
 @pytest.fixture
@@ -50,23 +49,8 @@ def test_the_listen_queue_is_greencmds_length(unix_server):
     # asyncio listened again on the socket greencmd made, with its own backlog (100).
     # A stopped server takes nothing from the queue, so 120 connections must all fit.
     server, path = unix_server()
-    os.kill(server.proc.pid, signal.SIGSTOP)
-    queued, connected = [], 0
-    try:
-        for _ in range(120):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.settimeout(0.5)  # past a full queue, connect() waits
-            queued.append(sock)
-            try:
-                sock.connect(str(path))
-            except OSError:
-                continue
-            connected += 1
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
-        for sock in queued:
-            sock.close()
-    assert connected == 120
+    with stopped(server.proc.pid):
+        assert connections_that_fit(socket.AF_UNIX, str(path), 120) == 120
 
 
 def test_the_file_is_removed_at_shutdown(unix_server):

@@ -10,11 +10,13 @@ import pytest
 from conftest import (
     HELP,
     Server,
+    connections_that_fit,
     free_port,
     greencmd_env,
     read_all,
     read_until,
     run_greencmd,
+    stopped,
     wait_until,
 )
 
@@ -58,26 +60,8 @@ def test_the_shared_listen_queue_keeps_its_length(workers):
     # nothing from it, so 120 connections must all fit.
     wait_until(lambda: len(worker_pids(workers)) == 2, 15, "two workers")
     workers.wait_for_count("Serving in worker process", 2)
-    stopped = worker_pids(workers)
-    for pid in stopped:
-        os.kill(pid, signal.SIGSTOP)
-    queued, connected = [], 0
-    try:
-        for _ in range(120):
-            sock = socket.socket()
-            sock.settimeout(0.5)  # past a full queue, the kernel drops the handshake
-            queued.append(sock)
-            try:
-                sock.connect((workers.host, workers.port))
-            except OSError:
-                continue
-            connected += 1
-    finally:
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
-        for sock in queued:
-            sock.close()
-    assert connected == 120
+    with stopped(*worker_pids(workers)):
+        assert connections_that_fit(socket.AF_INET, (workers.host, workers.port), 120) == 120
 
 
 def test_a_killed_worker_is_started_again(workers):
