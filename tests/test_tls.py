@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import ssl
 import subprocess
@@ -161,6 +162,40 @@ def test_a_client_that_sent_and_reset_before_it_was_accepted_is_one_log_line(tls
     server.wait_for_count("TLS handshake failed: connection reset by peer", 3)
     result = client(server, "--cafile", str(pki / "ca.pem"), "help")
     assert (result.returncode, result.stdout) == (0, HELP)
+
+
+def test_shutdown_while_clients_are_in_their_handshake_is_clean(tls_server, pki):
+    # Found by a soak stopped under load: asyncio's start_tls() returned no transport
+    # for a connection shutdown cut off in its handshake (it "succeeded" with the
+    # connection gone), and the session then failed on it: an unhandled error per
+    # such client, and a traceback from the stream's __del__ at exit.
+    server = tls_server("server", "--grace", "0")
+    socks = [server.connect() for _ in range(3)]
+    for sock in socks:  # the ClientHello's first bytes, not all of it
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"r" * 40)
+    with tls_socket(server, pki) as sock:  # a session, so shutdown has someone to wait for
+        sock.sendall(b"help\n")
+        assert read_until(sock, b"\n") == HELP  # by now the three are in their handshake
+        assert server.stop() == 0
+    for sock in socks:
+        sock.close()
+    assert server.lines[-1].endswith("Main loop terminated.")
+
+
+def test_shutdown_cuts_off_a_silent_tls_client_after_another_one_left(tls_server, pki):
+    # Found by a soak stopped under load: the twin cut off every connection open when
+    # shutdown said bye, and Twisted's TLS layer raises for one that had closed since
+    # (an unhandled error in the shutdown's Deferred).
+    server = tls_server("server", "--grace", "0")
+    with tls_socket(server, pki) as leaving, tls_socket(server, pki) as silent:
+        for sock in (leaving, silent):
+            sock.sendall(b"help\n")
+            assert read_until(sock, b"\n") == HELP
+        server.proc.send_signal(signal.SIGTERM)
+        assert read_until(leaving, b"\n") == b"Server shutting down, bye!\n"
+        leaving.close()  # the other never answers the server's close_notify
+        assert server.stop() == 0
+    assert server.lines[-1].endswith("Main loop terminated.")
 
 
 def test_a_client_that_never_handshakes_is_dropped_after_ten_seconds(tls_server, pki):

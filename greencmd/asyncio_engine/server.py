@@ -55,8 +55,9 @@ class CommandServer:
         self.state = ServerState.from_config(config, self.sessions)
         self.closing = asyncio.Event()
         self.tls = tls_context(config)
-        #: Each connection's task (sessions, refusals, hang-ups) and its writer.
-        self.connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        #: Each connection's task (sessions, refusals, hang-ups) and its writer; None
+        #: while its TLS handshake runs (shutdown cancels that, see tls_handshake).
+        self.connections: dict[asyncio.Task, asyncio.StreamWriter | None] = {}
         self.server: asyncio.Server | None = None
 
     async def start(self, listener: socket.socket | None = None) -> str:
@@ -85,16 +86,17 @@ class CommandServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection in this coroutine, from accept to close (or refuse it)."""
         task = asyncio.current_task()
-        self.connections[task] = writer
+        self.connections[task] = None if self.tls else writer
         try:
             stats = self.state.stats
             number, stats.accepted = stats.accepted, stats.accepted + 1
             host = peer_name(writer.get_extra_info("socket"),
                              writer.get_extra_info("peername") or ("",))
             log_connection(host)
-            if self.tls is not None and not await tls_handshake(
-                    self.tls, writer, session_name(number, host)):
-                return
+            if self.tls is not None:
+                if not await tls_handshake(self.tls, writer, session_name(number, host)):
+                    return
+                self.connections[task] = writer
             await self.serve_session(Connection(reader, writer, self.config.max_line,
                                                 self.config.idle_timeout), host, number)
         finally:
@@ -138,11 +140,15 @@ class CommandServer:
         # Sessions say bye and linger; refusals linger too. Then the rest is cut off,
         # as a reset would: each one's coroutine sees its connection lost and returns.
         # (Not a cancel: a connection's task that ends cancelled is reported as an
-        # unhandled error by start_server on Python 3.11 and 3.12.)
+        # unhandled error by start_server on Python 3.11 and 3.12. One still in its
+        # TLS handshake is cancelled, and ends the handshake without a session.)
         if self.connections:
             await asyncio.wait(list(self.connections), timeout=LINGER_SECONDS + 1)
-        for writer in self.connections.values():
-            writer.transport.abort()
+        for task, writer in self.connections.items():
+            if writer is None:
+                task.cancel()
+            else:
+                writer.transport.abort()
         if self.connections:
             await asyncio.wait(list(self.connections), timeout=1)
         self.state.pool.shutdown(wait=False, cancel_futures=True)
@@ -164,9 +170,9 @@ def quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict) -> None:
         # come after shutdown closed the listener: nothing is left to accept on.
         return
     else:
-        log("asyncio: %s%s" % (message or "error",
-                               ": %s" % describe_os_error(exc) if isinstance(exc, OSError)
-                               else ""))
+        log("asyncio: %s%s" % (message or "error", "" if exc is None else ": %s" % (
+            describe_os_error(exc) if isinstance(exc, OSError)
+            else "%s: %s" % (type(exc).__name__, exc))))
 
 
 _accept_failures = AcceptFailureLog()

@@ -37,6 +37,11 @@ async def tls_handshake(context: ssl.SSLContext, writer: asyncio.StreamWriter,
     try:
         await writer.start_tls(context, ssl_handshake_timeout=HANDSHAKE_SECONDS)
         return True
+    except asyncio.CancelledError:
+        # Shutdown ends a handshake so, not with transport.abort(): aborted, start_tls()
+        # returns no transport, as if the handshake had worked (CPython 3.11 to 3.13).
+        # start_tls() closed the connection; the task ends here, not cancelled.
+        return False
     except (asyncio.TimeoutError, ConnectionAbortedError):
         why = "no handshake within %g seconds" % HANDSHAKE_SECONDS
     except (ssl.SSLError, OSError) as exc:

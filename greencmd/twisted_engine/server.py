@@ -98,7 +98,9 @@ class CommandFactory(ServerFactory):
         connected = list(self.connected)
         closed = defer.DeferredList([s.closed for s in connected])
         if not (yield settled_within(closed, LINGER_SECONDS + 1)):
-            for session in connected:
+            # Only those still open: Twisted's TLS layer raises when one that closed
+            # meanwhile is aborted.
+            for session in list(self.connected):
                 session.transport.abortConnection()
 
 
