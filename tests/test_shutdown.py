@@ -1,10 +1,12 @@
 """Shutdown on SIGTERM/SIGINT, and start-up failures."""
 
+import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import (
@@ -59,6 +61,27 @@ def test_grace_runs_out_for_a_command_that_never_ends(start_server, tmp_path):
         assert read_all(sock) == BYE
     assert server.proc.wait(30) == 0
     assert server.children() == []
+
+
+def test_more_signals_while_it_stops_change_nothing(start_server, tmp_path):
+    # Found by a soak stopped under load: a SIGHUP (a log rotation) or a second SIGTERM
+    # in the last moments of a clean exit killed the server by that signal (a failed
+    # unit for systemd), and a second SIGTERM while the twin's shutdown ran was an
+    # unhandled ReactorNotRunning. The first SIGTERM stops it; the rest change nothing.
+    fifo = tmp_path / "never.fifo"
+    os.mkfifo(fifo)
+    server = start_server("--lastlog-file", str(fifo), "--grace", "0.5")
+    with server.connect(timeout=30) as sock:
+        sock.sendall(b"lastlog\n")
+        wait_until(lambda: server.children(), 10, "tail started")
+        server.proc.send_signal(signal.SIGTERM)
+        more = itertools.cycle([signal.SIGHUP, signal.SIGTERM, signal.SIGINT])
+        while server.proc.poll() is None:  # through the grace, the bye and the exit
+            server.proc.send_signal(next(more))
+            time.sleep(0.003)
+        assert read_all(sock) == BYE
+    assert server.proc.wait() == 0
+    assert server.lines[-1].endswith("Main loop terminated.")
 
 
 def test_shutdown_with_no_sessions_is_prompt(start_server):

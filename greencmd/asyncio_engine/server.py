@@ -34,6 +34,7 @@ from ..core.logs import (
     session_name,
 )
 from ..core.settings import BACKLOG, LINGER_SECONDS, ServerConfig, format_address
+from ..core.signals import ignore_server_signals
 from ..core.startup import startup_lines
 from ..core.systemd import Notifier
 from .commands import ServerState
@@ -220,6 +221,7 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None,
             metrics.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        ignore_server_signals()
         stop_flushing()
         if config.unix and listener is None:
             remove_socket(config.unix)

@@ -40,6 +40,7 @@ from ..core.settings import (
     ServerConfig,
     format_address,
 )
+from ..core.signals import ignore_server_signals
 from ..core.startup import startup_lines
 from ..core.systemd import Notifier
 from .bounded import BoundedServer
@@ -247,6 +248,7 @@ def run(config: ServerConfig, listener: socket.socket | None = None,
             metrics.stop(timeout=1)
         for handler in handlers:
             handler.cancel()
+        ignore_server_signals()
         stop_flushing()
         if ours and config.unix:
             remove_socket(config.unix)

@@ -27,6 +27,7 @@ from ..core.settings import (
     ServerConfig,
     format_address,
 )
+from ..core.signals import ignore_server_signals
 from ..core.startup import startup_lines
 
 __all__ = ["run_workers"]
@@ -114,6 +115,7 @@ class Supervisor:
                 time.sleep(RESTART_BACKOFF)
             if not self.stopping:
                 self._start(index)
+        ignore_server_signals()  # exiting: a late signal must not turn status 0 into death
 
     def _start(self, index: int) -> None:
         flush_logs()  # or the child inherits, and writes again, what is buffered

@@ -18,7 +18,7 @@ from twisted.internet.endpoints import (
     TCP6ServerEndpoint,
     UNIXServerEndpoint,
 )
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import globalLogPublisher
@@ -33,6 +33,7 @@ from ..core.logs import (
     reopen_log_files,
 )
 from ..core.settings import BACKLOG, LINGER_SECONDS, REFUSING, ServerConfig, format_address
+from ..core.signals import ignore_server_signals
 from ..core.startup import startup_lines
 from ..core.systemd import Notifier
 from .commands import ServerState
@@ -192,6 +193,22 @@ def listen(config: ServerConfig, factory: CommandFactory) -> str:
     return format_address(address.host, address.port)
 
 
+def take_stop_signals() -> None:
+    """SIGTERM and SIGINT stop the reactor, once: Twisted's own handlers (installed as
+    it starts, so these come after) raise ReactorNotRunning for a second signal while
+    shutdown runs, an unhandled error in the log."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: reactor.callFromThread(stop_once))
+
+
+def stop_once() -> None:
+    """Stop the reactor, unless it is stopping already."""
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
+
+
 def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
     """Serve until SIGTERM or SIGINT with the Twisted reactor; raises BindError.
 
@@ -210,8 +227,9 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
     if config.metrics:
         metrics = serve_metrics(factory.state.metrics, *config.metrics)
         reactor.addSystemEventTrigger("before", "shutdown", metrics.stopListening)
-    # Announced once the reactor runs: only then are its SIGTERM/SIGINT handlers in,
+    # Announced once the reactor runs: only then are the SIGTERM/SIGINT handlers in,
     # and whoever waits for this line may signal at once.
+    reactor.callWhenRunning(take_stop_signals)
     reactor.callWhenRunning(log, "greencmd.twisted_engine.server.CommandFactory starting on %s"
                             % where)
     for line in startup_lines(config, factory.state.lastlog, factory.state.help):
@@ -226,6 +244,7 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
     globalLogPublisher.addObserver(AcceptFailures())
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reopen_log_files))
     reactor.run()
+    ignore_server_signals()
     if config.unix and listener is None:
         remove_socket(config.unix)
     log("Main loop terminated.")
