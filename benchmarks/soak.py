@@ -1,24 +1,31 @@
 """Abuse one greencmd server for a while, then see what it was left holding.
 
     python benchmarks/soak.py [--engine gevent] [--seconds 30] [--clients 50] [--tls]
-                              [--unix] [--workers N] [-- MORE SERVE OPTIONS]
+                              [--unix] [--workers N] [--stop-under-load]
+                              [-- MORE SERVE OPTIONS]
 
 Starts ``greencmd serve`` with configured commands that sleep, flood their pipe
 or leave a grandchild behind, then has ``--clients`` threads do, at random and
 without pause, what careless and hostile clients do: reset in the middle of a
 ``lastlog``, a ``comhash`` of 50 MiB, a flood or a ``follow``; stop a follow;
-send a pipeline and never read it; trickle half a line; send random bytes, an
-overlong line; half-close; ask a plugin command bad input; and, with ``--tls``,
-speak plain text to the TLS port or reset in the middle of a handshake. The log
+send a pipeline and never read it, or read it a kilobyte at a time; trickle half
+a line; send random bytes, an HTTP request, an overlong line; half-close; ask a
+plugin command bad input; and, with ``--tls``, speak plain text to the TLS port
+or reset in the middle of a handshake. The log
 is reopened (SIGHUP) every second and the metrics page scraped five times a
 second meanwhile (not with ``--workers``, which has no metrics).
 
 Then, once the idle timeout has ended what is left, it reports the server's
 descriptors before and after, its children, its memory, and every line in
 which gevent's hub, Twisted or the asyncio loop complained of an error nothing
-handled (as the test suite's teardown checks). Exit status 1 if any descriptor,
-child or complaint is left. Each of these found a fault the tests then kept
-(docs/performance.md); it is not a test itself, being random and slow.
+handled (as the test suite's teardown checks). After the server's exit, any
+process still running in a session one of its children led (a ``tail``, a
+command's grandchild) is reported too. With ``--stop-under-load`` the server
+is sent SIGTERM while the clients are still at it, and must end with status 0
+and its closing line ("Main loop terminated.") within its grace and lingers.
+Exit status 1 if any descriptor, process or complaint is left. Each of these
+found a fault the tests then kept (docs/performance.md); it is not a test
+itself, being random and slow.
 """
 
 from __future__ import annotations
@@ -129,6 +136,14 @@ def actions(target: Target, workdir: str, tls: bool) -> list:
         time.sleep(0.05)
         reset(sock)
 
+    def slow_reader() -> None:
+        sock = target.connect()
+        sock.sendall(b"lastlog 1000\n" * 5 + b"follow 20\n")
+        for _ in range(random.randint(1, 30)):
+            sock.recv(1024)
+            time.sleep(0.03)
+        sock.close()
+
     found = [
         lambda: target.ask(b"lastlog 1000\n", random.random() * 0.02),
         lambda: target.ask(b"comhash %s\n" % big, random.random() * 0.05),
@@ -143,7 +158,8 @@ def actions(target: Target, workdir: str, tls: bool) -> list:
         lambda: target.ask(b"help\nstats\nlastlog 5\n"),
         lambda: target.ask(b"x" * 5000),
         lambda: target.ask(b"lastlog 50\ncomhash /etc/hostname\n"),
-        never_read, trickle, garbage,
+        lambda: target.ask(b"GET /metrics HTTP/1.1\r\nHost: greencmd\r\n\r\n"),
+        never_read, trickle, garbage, slow_reader,
     ]
     if tls:
         def handshake_reset() -> None:
@@ -165,6 +181,27 @@ def children(pid: int) -> list[str]:
     """PIDs whose parent is ``pid``."""
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return found.stdout.split()
+
+
+def sessions_led(pids: list[int]) -> set[int]:
+    """The sessions the children of ``pids`` lead (greencmd starts each child in its own)."""
+    return {int(child) for pid in pids for child in children(pid)}
+
+
+def left_in(sessions: set[int]) -> list[str]:
+    """``PID NAME`` of every process still running in one of ``sessions``."""
+    left = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+        except OSError:  # not a process, or gone meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]  # a name may hold spaces
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[3]) in sessions and fields[0] != "Z":  # fields[3]: the session's ID
+            left.append("%s %s" % (entry, name))
+    return left
 
 
 def servers(proc: subprocess.Popen, workers: int) -> list[int]:
@@ -220,8 +257,12 @@ def start_server(args: argparse.Namespace,
 
 
 def load(target: Target, todo: list, proc: subprocess.Popen, metrics: int | None,
-         args: argparse.Namespace) -> list[str]:
-    """Run the clients for ``args.seconds``; what went wrong on the clients' side."""
+         args: argparse.Namespace, sessions: set[int]) -> list[str]:
+    """Run the clients for ``args.seconds``; what went wrong on the clients' side.
+
+    Meanwhile the sessions the server's children lead are added to ``sessions``,
+    and with ``--stop-under-load`` the server is sent SIGTERM at 70 percent of the time.
+    """
     stop = time.monotonic() + args.seconds
     errors: list[str] = []
 
@@ -233,20 +274,35 @@ def load(target: Target, todo: list, proc: subprocess.Popen, metrics: int | None
                 errors.append(type(exc).__name__)
 
     def reopen_log() -> None:
-        while time.monotonic() < stop:
+        while time.monotonic() < stop and proc.poll() is None:
             time.sleep(1)
             proc.send_signal(signal.SIGHUP)
 
     def scrape() -> None:
-        while metrics and time.monotonic() < stop:
+        while metrics and time.monotonic() < stop and proc.poll() is None:
             time.sleep(0.2)
             try:
                 urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics, timeout=5).read()
             except OSError as exc:
                 errors.append("metrics: %s" % exc)
 
+    def note_sessions() -> None:
+        while time.monotonic() < stop and proc.poll() is None:
+            try:
+                sessions.update(sessions_led(servers(proc, args.workers)))
+            except (OSError, ValueError):  # a worker ended meanwhile
+                pass
+            time.sleep(0.02)
+
+    def stop_server() -> None:
+        time.sleep(args.seconds * 0.7)
+        proc.send_signal(signal.SIGTERM)
+
     threads = [threading.Thread(target=client) for _ in range(args.clients)]
-    threads += [threading.Thread(target=reopen_log), threading.Thread(target=scrape)]
+    threads += [threading.Thread(target=reopen_log), threading.Thread(target=scrape),
+                threading.Thread(target=note_sessions)]
+    if args.stop_under_load:
+        threads.append(threading.Thread(target=stop_server))
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -263,6 +319,10 @@ def main() -> None:
     parser.add_argument("--tls", action="store_true")
     parser.add_argument("--unix", action="store_true", help="serve on a Unix socket")
     parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--stop-under-load", action="store_true",
+                        help="SIGTERM the server while the clients are still at it")
+    parser.add_argument("--output", metavar="FILE",
+                        help="keep all the server printed here (complaints come with context)")
     parser.add_argument("serve_options", nargs="*", help="more options for greencmd serve")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
@@ -276,27 +336,46 @@ def main() -> None:
         target.ask(b"help\n")
         time.sleep(0.5)
         before = sum(fd_count(pid) for pid in servers(proc, args.workers))
-        errors = load(target, actions(target, workdir, args.tls), proc, metrics, args)
-        time.sleep(6)  # idle timeouts, lingering closes and the last children end
-        found = servers(proc, args.workers)
-        after = sum(fd_count(pid) for pid in found)
-        left = [child for pid in found for child in children(pid)]
-        rss = sum(rss_kib(pid) for pid in found)
+        sessions: set[int] = set()
+        errors = load(target, actions(target, workdir, args.tls), proc, metrics, args, sessions)
+        after, left, rss = held(proc, args) if not args.stop_under_load else (before, [], 0)
         proc.send_signal(signal.SIGTERM)
-        status = proc.wait(60)
-        time.sleep(0.5)
-    complaints = [line for line in b"".join(said).decode("utf-8", "replace").splitlines()
-                  if any(mark in line for mark in UNHANDLED)]
-    print("%s, %d clients for %g s: exit %d; descriptors %d -> %d; children left %d; "
+        try:
+            status = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            status = proc.wait()
+        time.sleep(0.5)  # killed processes take a moment to go
+        left += left_in(sessions)
+    if args.output:
+        with open(args.output, "wb") as f:
+            f.writelines(said)
+    log = b"".join(said).decode("utf-8", "replace").splitlines()
+    complaints = [line for line in log if any(mark in line for mark in UNHANDLED)]
+    ended = any("Main loop terminated." in line for line in log)
+    print("%s, %d clients for %g s%s: exit %d%s; descriptors %d -> %d; processes left %d; "
           "RSS %d MiB; client-side errors %d; complaints %d"
           % (args.engine + (" over TLS" if args.tls else "") + (" on a Unix socket" if args.unix
                                                                 else "")
              + (" with %d workers" % args.workers if args.workers > 1 else ""),
-             args.clients, args.seconds,
-             status, before, after, len(left), rss >> 10, len(errors), len(complaints)))
+             args.clients, args.seconds, ", stopped under load" if args.stop_under_load else "",
+             status, "" if ended else " without its closing line", before, after, len(left),
+             rss >> 10, len(errors), len(complaints)))
+    for line in left[:10]:
+        print("  left running: " + line)
     for line in complaints[:20]:
         print("  " + line)
-    sys.exit(1 if status or after > before or left or complaints else 0)
+    sys.exit(1 if status or not ended or after > before or left or complaints else 0)
+
+
+def held(proc: subprocess.Popen, args: argparse.Namespace) -> tuple[int, list[str], int]:
+    """Once the load is over and the idle timeout has ended what is left: the server's
+    descriptors, its children (``PID``) and its RSS in KiB."""
+    time.sleep(6)  # idle timeouts, lingering closes and the last children end
+    found = servers(proc, args.workers)
+    after = sum(fd_count(pid) for pid in found)
+    left = ["%s (a child)" % child for pid in found for child in children(pid)]
+    return after, left, sum(rss_kib(pid) for pid in found)
 
 
 if __name__ == "__main__":

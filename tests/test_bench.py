@@ -1,10 +1,13 @@
 """greencmd bench against real servers: it runs, it checks replies, it reports errors."""
 
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import REPO, greencmd_env, read_all, run_greencmd
@@ -206,13 +209,53 @@ def test_kernel_share_files_a_sample_where_it_ran(frames, where):
     assert kernel_share().category(frames) == where
 
 
-def test_the_soak_leaves_a_server_as_it_found_it_and_says_so():
+def soak_module():
+    """benchmarks/soak.py as a module."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import soak as module
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return module
+
+
+@pytest.mark.parametrize("stop_under_load", [False, True])
+def test_the_soak_leaves_a_server_as_it_found_it_and_says_so(stop_under_load):
     # benchmarks/soak.py, briefly: its report line, and exit 0 when nothing is left
-    # (a fault it finds makes it exit 1; docs/performance.md, "Soak").
+    # (a fault it finds makes it exit 1; docs/performance.md, "Soak"). Stopped under
+    # load, the server must still exit 0 with its closing line.
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"),
-                             "--seconds", "1", "--clients", "4"],
+                             "--seconds", "1", "--clients", "4",
+                             *(["--stop-under-load"] if stop_under_load else [])],
                             env=greencmd_env(), capture_output=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     report = result.stdout.decode()
-    assert report.startswith("gevent, 4 clients for 1 s: exit 0; descriptors ")
-    assert "children left 0;" in report and report.rstrip().endswith("complaints 0")
+    assert report.startswith("gevent, 4 clients for 1 s%s: exit 0; descriptors "
+                             % (", stopped under load" if stop_under_load else ""))
+    assert "processes left 0;" in report and report.rstrip().endswith("complaints 0")
+
+
+def test_the_soak_finds_what_a_childs_session_left_running():
+    # What a server's children leave running after its exit is found by their session,
+    # whoever their parent is by then: here a shell and its two sleeps.
+    soak = soak_module()
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30"], start_new_session=True)
+    try:
+        deadline = 50
+        while len(soak.left_in({child.pid})) < 3 and deadline:
+            time.sleep(0.1)
+            deadline -= 1
+        assert child.pid in soak.sessions_led([os.getpid()])
+        assert sorted(line.split()[1] for line in soak.left_in({child.pid})) == [
+            "sh", "sleep", "sleep"]
+        child.kill()
+        child.wait()
+        assert [line.split()[1] for line in soak.left_in({child.pid})] == ["sleep", "sleep"]
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    deadline = 50
+    while soak.left_in({child.pid}) and deadline:
+        time.sleep(0.1)
+        deadline -= 1
+    assert soak.left_in({child.pid}) == []
