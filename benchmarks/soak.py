@@ -353,14 +353,17 @@ def main() -> None:
     log = b"".join(said).decode("utf-8", "replace").splitlines()
     complaints = [line for line in log if any(mark in line for mark in UNHANDLED)]
     ended = any("Main loop terminated." in line for line in log)
-    print("%s, %d clients for %g s%s: exit %d%s; descriptors %d -> %d; processes left %d; "
-          "RSS %d MiB; client-side errors %d; complaints %d"
+    held_text = ("descriptors %d -> %d; " % (before, after) if not args.stop_under_load
+                 else "")  # stopped while busy: what it held then says nothing
+    print("%s, %d clients for %g s%s: exit %d%s; %sprocesses left %d; %s"
+          "client-side errors %d; complaints %d"
           % (args.engine + (" over TLS" if args.tls else "") + (" on a Unix socket" if args.unix
                                                                 else "")
              + (" with %d workers" % args.workers if args.workers > 1 else ""),
              args.clients, args.seconds, ", stopped under load" if args.stop_under_load else "",
-             status, "" if ended else " without its closing line", before, after, len(left),
-             rss >> 10, len(errors), len(complaints)))
+             status, "" if ended else " without its closing line", held_text, len(left),
+             "" if args.stop_under_load else "RSS %d MiB; " % (rss >> 10), len(errors),
+             len(complaints)))
     for line in left[:10]:
         print("  left running: " + line)
     for line in complaints[:20]:
