@@ -110,6 +110,19 @@ def test_words_starting_with_a_dash_are_refused_before_anything_runs(programs, t
     assert not (tmp_path / "ran.txt").exists()
 
 
+@pytest.mark.parametrize("words", [b"a\0b", b"\0", b"ok x\0"])
+def test_a_nul_byte_in_an_argument_is_refused_before_anything_runs(programs, tmp_path,
+                                                                   words):
+    # Found by a soak: no program can be given a NUL byte, and the spawn's ValueError
+    # came out as "internal error" and "failed unexpectedly" in the log.
+    server = programs()
+    assert server.talk(b"record " + words + b"\nrecord fine\n") == (
+        b"An error occured: record: arguments may not contain a NUL byte\n"
+        b"Begin record\nrecorded fine\nEnd record\n")
+    assert (tmp_path / "ran.txt").read_bytes() == b"fine\n"
+    assert server.count_log("failed unexpectedly") == 0
+
+
 def test_shell_syntax_is_passed_as_plain_words(programs, tmp_path):
     server = programs()
     assert server.talk(b"record $(id) ;rm *\n") == (

@@ -100,6 +100,8 @@ class ProgramCommand:
         words = arg.split()
         if any(word.startswith(b"-") for word in words):
             raise Refused(protocol.error("%s: arguments may not start with '-'" % self.name))
+        if b"\0" in arg:  # no program can be given one (the kernel ends each argument there)
+            raise Refused(protocol.error("%s: arguments may not contain a NUL byte" % self.name))
         return [*self.run, *map(os.fsdecode, words)]
 
     def reply(self, status: int, output: bytes, errors: bytes) -> bytes:
