@@ -84,6 +84,23 @@ def test_more_signals_while_it_stops_change_nothing(start_server, tmp_path):
     assert server.lines[-1].endswith("Main loop terminated.")
 
 
+def test_a_server_that_could_not_listen_leaves_the_signals_alone(engine):
+    # Only a clean stop ignores late signals (the process exits then); a server that
+    # failed, run in-process, must not leave its caller deaf to Ctrl-C and SIGTERM.
+    code = ("import signal, socket\n"
+            "from click.testing import CliRunner\n"
+            "from greencmd.tools.cli import cli\n"
+            "busy = socket.socket(); busy.bind(('127.0.0.1', 0)); busy.listen()\n"
+            "result = CliRunner().invoke(cli, ['serve', '--engine', %r, '--log-file', '',\n"
+            "                                  '--port', str(busy.getsockname()[1])])\n"
+            "print(result.exit_code, [signal.getsignal(s) == signal.SIG_IGN\n"
+            "                         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)])\n"
+            % engine)
+    result = subprocess.run([sys.executable, "-c", code], env=greencmd_env(),
+                            capture_output=True, timeout=60)
+    assert result.stdout == b"1 [False, False, False]\n", result.stderr
+
+
 def test_shutdown_with_no_sessions_is_prompt(start_server):
     server = start_server()
     assert server.stop(timeout=5) == 0

@@ -198,6 +198,7 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None,
     stop_flushing = install_flush_timer(lambda delay, flush: loop.call_later(delay,
                                                                              flush).cancel)
     ticks = metrics = None
+    stopped = False
     try:
         if config.metrics:  # first: a port it cannot have must end us before any client comes
             metrics = await serve_metrics(server.state.metrics, *config.metrics)
@@ -214,6 +215,7 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None,
         await stop.wait()
         notifier.stopping()
         await server.shutdown(config.grace)
+        stopped = True
     finally:
         if ticks is not None:
             ticks.cancel()
@@ -221,7 +223,8 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None,
             metrics.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
-        ignore_server_signals()
+        if stopped:  # the process exits now: no late signal may kill it (core/signals.py)
+            ignore_server_signals()
         stop_flushing()
         if config.unix and listener is None:
             remove_socket(config.unix)

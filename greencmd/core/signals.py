@@ -5,7 +5,9 @@ runs, each engine with its own library's handlers. When the main loop has
 ended, those handlers are gone (Python itself resets its own at exit), and the
 signal's default would kill a process that is exiting cleanly: a log rotation's
 SIGHUP or a second Ctrl-C in those last moments turned exit status 0 into
-death by that signal (a failed unit for systemd). They are ignored instead.
+death by that signal (a failed unit for systemd). They are ignored instead, and
+only then: a server that failed (it could not listen) leaves the process's
+signals as an embedding caller had them.
 """
 
 from __future__ import annotations

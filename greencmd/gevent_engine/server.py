@@ -220,6 +220,7 @@ def run(config: ServerConfig, listener: socket.socket | None = None,
                 for signum in (signal.SIGTERM, signal.SIGINT)]
     handlers.append(gevent.signal_handler(signal.SIGHUP, reopen_log_files))
     ticks = metrics = None
+    stopped = False
     try:
         try:
             server.start()
@@ -241,6 +242,7 @@ def run(config: ServerConfig, listener: socket.socket | None = None,
         stop.wait()
         notifier.stopping()
         server.shutdown(config.grace)
+        stopped = True
     finally:
         if ticks is not None:
             ticks.kill()
@@ -248,7 +250,8 @@ def run(config: ServerConfig, listener: socket.socket | None = None,
             metrics.stop(timeout=1)
         for handler in handlers:
             handler.cancel()
-        ignore_server_signals()
+        if stopped:  # the process exits now: no late signal may kill it (core/signals.py)
+            ignore_server_signals()
         stop_flushing()
         if ours and config.unix:
             remove_socket(config.unix)
