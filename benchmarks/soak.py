@@ -44,10 +44,12 @@ import threading
 import time
 import urllib.request
 
-#: What each library prints of an error nothing handled (tests/conftest.py's list),
-#: and what the supervisor of --workers says of a worker that died.
+#: What each library prints of an error nothing handled, and a session of its command's
+#: error nobody expected (tests/conftest.py's list), and what the supervisor of
+#: --workers says of a worker that died.
 UNHANDLED = (" failed with ", "Unhandled error", "Unhandled Error", "asyncio: ",
-             "never retrieved", "Exception in callback", "Task was destroyed", "Traceback",
+             "never retrieved", "Exception in callback", "Task was destroyed",
+             "failed unexpectedly", "socket.send() raised exception", "Traceback",
              "exited with status")
 
 COMMANDS = """

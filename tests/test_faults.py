@@ -211,3 +211,17 @@ def test_a_client_that_pipelines_and_never_reads_costs_bounded_memory(start_serv
         assert server.talk(b"help\n", timeout=10) == HELP
         assert memory_kib(server.proc.pid) - before < 24 << 10
     assert sent < 32 << 20
+
+
+def test_a_client_that_pipelines_many_lines_and_resets_costs_a_few_log_lines(start_server):
+    # Found by a soak: asyncio went on answering the lines of a client that had reset,
+    # and logged "socket.send() raised exception." for each reply past the fifth: three
+    # clients that sent 100,000 lines each made some 20,000 log lines.
+    server = start_server("--quiet")
+    for _ in range(3):
+        sock = server.connect()
+        sock.sendall(b"x\n" * 100000)
+        reset(sock)
+    wait_until(lambda: server.count_log("Lost client connection") == 3, 15, "three ends")
+    assert server.talk(b"help\n") == HELP  # served, and nothing more came in meanwhile
+    assert len(server.lines) < 30, "\n".join(server.lines[:40])

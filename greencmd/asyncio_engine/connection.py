@@ -107,7 +107,14 @@ class Connection:
         self.lines.extend(self.buffer.feed(data) if data else self.buffer.finish())
 
     def write(self, reply: bytes) -> None:
-        """Hand ``reply`` to the transport; it is whole in its buffer from now on."""
+        """Hand ``reply`` to the transport; it is whole in its buffer from now on.
+
+        ClientGone once the connection is lost: asyncio drops what is written
+        after that, and logs a warning for each write past the fifth (a client that
+        pipelined 100,000 lines and reset made as many log lines).
+        """
+        if self.writer.is_closing():  # only hang_up closes it: the connection was lost
+            raise ClientGone()
         self.writer.write(reply)
 
     async def flush(self, timeout: float | None = None) -> None:
