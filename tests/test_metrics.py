@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 
-from conftest import HELP, free_port, run_greencmd
+from conftest import HELP, free_port, run_greencmd, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+
+from greencmd.core.metrics import REQUEST_SECONDS
 
 
 def scrape(port: int) -> dict:
@@ -54,3 +57,28 @@ def test_metrics_on_a_public_address_follow_protected_mode():
     assert b"refusing to serve metrics on 0.0.0.0 without --auth-token-file" in result.stderr
     bad = run_greencmd("serve", "--port", "0", "--metrics", "localhost")
     assert bad.returncode == 2 and b"has no port" in bad.stderr
+
+
+def test_a_scraper_that_never_finishes_its_request_is_dropped(start_server):
+    # gevent's pywsgi and twisted.web (12 hours) kept a half-sent request open for
+    # ever: each held a descriptor, and enough of them would leave the command port
+    # none to accept with. Every engine drops one after REQUEST_SECONDS.
+    port = free_port()
+    server = start_server("--metrics", "127.0.0.1:%d" % port)
+    scrape(port)
+    before = server.fd_count()
+    stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+    try:
+        for sock in stalled:
+            sock.sendall(b"GET /metr")
+        for sock in stalled:
+            sock.settimeout(REQUEST_SECONDS + 10)
+            try:
+                assert sock.recv(100) == b""  # closed, nothing sent
+            except ConnectionResetError:
+                pass  # or cut off: dropped either way
+    finally:
+        for sock in stalled:
+            sock.close()
+    wait_until(lambda: server.fd_count() <= before, 10, "their descriptors closed")
+    assert value(scrape(port)["greencmd_sessions_max"]) == 10  # and scrapes still work

@@ -10,13 +10,10 @@ from __future__ import annotations
 import asyncio
 
 from ..core.errors import cannot_listen
-from ..core.metrics import CONTENT_TYPE, Metrics
+from ..core.metrics import CONTENT_TYPE, REQUEST_SECONDS, Metrics
 from ..core.settings import format_address
 
 __all__ = ["serve_metrics"]
-
-#: A scraper that sends no complete request in this long is dropped.
-REQUEST_SECONDS = 10.0
 
 
 async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.Server:

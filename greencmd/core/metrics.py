@@ -13,9 +13,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .stats import Stats
 
-__all__ = ["Metrics", "CONTENT_TYPE"]
+__all__ = ["Metrics", "CONTENT_TYPE", "REQUEST_SECONDS"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: A scraper whose request is not complete, or that sends no next one, within this
+#: long is dropped: each connection left open holds a descriptor the command port needs.
+REQUEST_SECONDS = 10.0
 #: Latency buckets, in seconds: from a help (well under a millisecond) to a timeout.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 

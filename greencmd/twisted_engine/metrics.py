@@ -12,7 +12,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from ..core.errors import cannot_listen
-from ..core.metrics import Metrics
+from ..core.metrics import REQUEST_SECONDS, Metrics
 from ..core.settings import format_address
 
 __all__ = ["serve_metrics"]
@@ -30,6 +30,7 @@ def serve_metrics(metrics: Metrics, host: str, port: int):
     root = Resource()
     root.putChild(b"metrics", MetricsResource(metrics.registry))
     try:
-        return reactor.listenTCP(port, _Quiet(root), interface=host)
+        # Site's own timeout drops a connection idle this long (its default: 12 hours).
+        return reactor.listenTCP(port, _Quiet(root, timeout=REQUEST_SECONDS), interface=host)
     except CannotListenError as exc:
         raise cannot_listen(format_address(host, port), exc.socketError) from None
