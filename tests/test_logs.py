@@ -97,6 +97,35 @@ def test_sighup_reopens_the_log_file(start_server, tmp_path):
     assert "Client connection" not in (tmp_path / "rot.log.1").read_text()
 
 
+def test_a_log_file_that_cannot_be_rotated_or_reopened_costs_lines_not_the_server(
+        start_server, tmp_path):
+    # Its directory removed and a file put in its place: the gevent server died of the
+    # SIGHUP's reopen (a traceback, exit 1), the other engines printed tracebacks, and
+    # every engine printed one per flush once rotation failed. Now one line each, and a
+    # SIGHUP once the path works again brings the file back.
+    directory = tmp_path / "logs"
+    path = directory / "server.log"
+    server = start_server("--log-file", str(path), "--log-max-size", "2K")
+    for child in directory.iterdir():
+        child.unlink()
+    directory.rmdir()
+    directory.write_text("not a directory\n")
+    for _ in range(30):  # past 2 KiB of log: a rotation is due, and fails
+        assert server.talk(b"help\n") == HELP
+    server.wait_for_log(lambda line: "Cannot rotate the log file %s: " % path in line)
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_log(lambda line: "Cannot reopen the log file %s: " % path in line
+                        and line.endswith("; it goes on writing where it did"))
+    assert server.talk(b"help\n") == HELP
+    assert server.count_log("Cannot rotate") == 1
+    directory.unlink()
+    server.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: path.exists() and "Log file reopened." in path.read_text(), 10,
+               "log file back")
+    assert server.talk(b"help\n") == HELP
+    wait_until(lambda: "Client connection" in path.read_text(), 10, "new file written")
+
+
 def test_quiet_logs_connections_but_not_commands(start_server):
     server = start_server("--quiet")
     server.talk(b"help\nnope\n")

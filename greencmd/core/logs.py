@@ -248,6 +248,7 @@ class LogFileHandler(BufferedStreamHandler, RotatingFileHandler):
         super().__init__(path, mode="a", maxBytes=max_bytes, backupCount=keep,
                          encoding="utf-8", errors="backslashreplace")
         self.written = self._size()
+        self.failing = False  # a rotation failed, and no reopen worked since
 
     def _size(self) -> int:
         return os.fstat(self.stream.fileno()).st_size
@@ -267,15 +268,47 @@ class LogFileHandler(BufferedStreamHandler, RotatingFileHandler):
             super().write_text("".join(run))
             self.written = size
 
-    def reopen(self) -> None:
-        """Close and reopen the file, e.g. after logrotate moved it (SIGHUP)."""
+    def doRollover(self) -> None:  # noqa: N802 (logging's name)
+        """Rotate as RotatingFileHandler does. If that fails (the directory is gone or
+        read-only), say so once: the file's lines are lost until a SIGHUP reopens it,
+        as they are when a write fails; stdout still has them."""
+        try:
+            super().doRollover()
+        except OSError as exc:
+            if self.stream is None:  # closed for the rotation, and not opened again
+                self.stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+            if not self.failing:
+                self.failing = True
+                log("Cannot rotate the log file %s: %s; its lines are lost until a SIGHUP "
+                    "reopens it" % (self.baseFilename, _reason(exc)), level="error")
+        else:
+            self.failing = False
+
+    def reopen(self) -> bool:
+        """Close and reopen the file, e.g. after logrotate moved it (SIGHUP); False (and
+        one log line) if it cannot be opened: writing goes on where it did."""
         self.acquire()
         try:
-            old, self.stream = self.stream, self._open()
+            try:
+                os.makedirs(os.path.dirname(self.baseFilename), exist_ok=True)
+                new = self._open()
+            except OSError as exc:
+                log("Cannot reopen the log file %s: %s; it goes on writing where it did"
+                    % (self.baseFilename, _reason(exc)), level="error")
+                return False
+            old, self.stream = self.stream, new
             old.close()
             self.written = self._size()
+            self.failing = False
+            return True
         finally:
             self.release()
+
+
+def _reason(exc: OSError) -> str:
+    from .errors import describe_os_error  # (errors logs with this module)
+
+    return describe_os_error(exc)
 
 
 def default_log_file() -> str:
@@ -318,10 +351,10 @@ _formatter = TwistedFormatter()
 def reopen_log_files() -> None:
     """Reopen every log file (on SIGHUP, after logrotate moved them), and say so."""
     _flusher.flush()  # lines logged before the SIGHUP go where the file was
-    for handler in _logger.handlers:
-        if isinstance(handler, LogFileHandler):
-            handler.reopen()
-    log("Log file reopened.")
+    reopened = [handler.reopen() for handler in _logger.handlers
+                if isinstance(handler, LogFileHandler)]
+    if all(reopened):
+        log("Log file reopened.")
 
 
 def log(message: str, system: str = LIFECYCLE, event: str = "server", level: str = "info",
