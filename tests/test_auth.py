@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -228,6 +229,32 @@ def test_the_audit_log_records_who_asked_what_and_never_a_token(start_server, tm
     assert lines[3]["arg_bytes"] == len(b"/no/such") and lines[1]["arg_bytes"] == 0
     assert all(e["peer"] == "127.0.0.1" and e["seconds"] >= 0 for e in lines)
     assert [e["session"] for e in lines] == [0, 0, 0, 0, 1]
+
+
+def test_sighup_reopens_the_audit_log_or_says_why_it_cannot(start_server, tmp_path):
+    # The audit log was opened once: after logrotate moved it, every request went on
+    # into the moved file, for ever.
+    audit = tmp_path / "audit.jsonl"
+    moved = tmp_path / "audit.jsonl.1"
+    server = start_server("--audit-log", str(audit))
+    assert server.talk(b"help\n") == HELP
+    wait_until(lambda: audit.exists() and audit.read_text().count("\n") == 1, 10, "1 line")
+    audit.rename(moved)
+    audit.mkdir()  # a directory in its place: the reopen cannot work
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_log(lambda line: "Cannot reopen the audit log %s: is a directory; "
+                        "it goes on writing where it did" % audit in line)
+    assert server.talk(b"nope\n") == NOT_FOUND
+    wait_until(lambda: moved.read_text().count("\n") == 2, 10, "2 lines in the moved file")
+    audit.rmdir()
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_log(lambda line: "Log file reopened." in line)
+    assert server.talk(b"stats\n").startswith(b"Begin stats")
+    wait_until(lambda: audit.exists() and audit.read_text().count("\n") == 1, 10,
+               "a line in the new file")
+    assert json.loads(audit.read_text())["command"] == "stats"
+    assert audit.stat().st_mode & 0o777 == 0o600
+    assert moved.read_text().count("\n") == 2
 
 
 def test_a_full_disk_under_the_audit_log_is_one_log_line_not_failed_sessions(start_server):

@@ -5,6 +5,7 @@ the argument; never given for ``auth``), ``reply`` (``ok``, ``error`` or ``refus
 and ``seconds`` (how long the answer took). A full disk (or any failed write) never
 fails a session: the first failure is one line in the server log saying that
 requests are not being recorded, and the first success after it says how many were lost.
+SIGHUP reopens the file, as it does the server log (after logrotate moved it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 
 from . import protocol
 from .errors import describe_os_error
-from .logs import log
+from .logs import log, reopen_on_sighup
 
 __all__ = ["AuditLog", "reply_kind"]
 
@@ -36,9 +37,9 @@ class AuditLog:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        # O_APPEND: lines from several --workers processes never overwrite each other.
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.fd = _open(path)
         self.lost = 0
+        reopen_on_sighup(self.reopen)
 
     def record(self, system: str, request: protocol.Request, reply: bytes,
                started: float) -> None:
@@ -63,6 +64,24 @@ class AuditLog:
                 % (self.path, self.lost), event="audit_resumed", level="warning")
             self.lost = 0
 
+    def reopen(self) -> bool:
+        """Open the file again (it may have been moved); False, and one log line, if it
+        cannot be: lines go on to the file it had."""
+        try:
+            fd = _open(self.path)
+        except OSError as exc:
+            log("Cannot reopen the audit log %s: %s; it goes on writing where it did"
+                % (self.path, describe_os_error(exc)), event="audit_failed", level="error")
+            return False
+        os.close(self.fd)
+        self.fd = fd
+        return True
+
     def close(self) -> None:
         """Close the file."""
         os.close(self.fd)
+
+
+def _open(path: str) -> int:
+    # O_APPEND: lines from several --workers processes never overwrite each other.
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

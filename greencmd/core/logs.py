@@ -348,11 +348,22 @@ _logger = logging.getLogger(LOGGER_NAME)
 _formatter = TwistedFormatter()
 
 
+#: Other files a SIGHUP reopens (the audit log): each a function that reopens its
+#: file, or says why it cannot and returns False.
+_also_reopened: list[Callable[[], bool]] = []
+
+
+def reopen_on_sighup(reopen: Callable[[], bool]) -> None:
+    """Have :func:`reopen_log_files` call ``reopen`` too."""
+    _also_reopened.append(reopen)
+
+
 def reopen_log_files() -> None:
     """Reopen every log file (on SIGHUP, after logrotate moved them), and say so."""
     _flusher.flush()  # lines logged before the SIGHUP go where the file was
     reopened = [handler.reopen() for handler in _logger.handlers
                 if isinstance(handler, LogFileHandler)]
+    reopened += [reopen() for reopen in _also_reopened]
     if all(reopened):
         log("Log file reopened.")
 
