@@ -157,6 +157,12 @@ class Server:
                                  % (timeout, signum)) from None
 
 
+def sigint_as_usual() -> None:
+    """In a child before it runs: SIGINT at its default, so Ctrl-C is KeyboardInterrupt
+    even when the suite runs as a background job (the shell makes those ignore it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def read_all(sock: socket.socket) -> bytes:
     """Everything until the peer closes."""
     chunks = []

@@ -10,7 +10,16 @@ import sys
 import time
 
 import pytest
-from conftest import HELP, greencmd_env, memory_kib, read_all, read_until, reset, wait_until
+from conftest import (
+    HELP,
+    greencmd_env,
+    memory_kib,
+    read_all,
+    read_until,
+    reset,
+    sigint_as_usual,
+    wait_until,
+)
 
 BAD_COUNT = b"An error occured: follow takes a line count from 1 to 1000\n"
 
@@ -190,7 +199,8 @@ def test_the_client_prints_lines_as_they_come_and_stops_on_ctrl_c(followed):
     client = subprocess.Popen(
         [sys.executable, "-m", "greencmd", "client", "--port", str(server.port), "--timeout", "1",
          "follow", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=greencmd_env())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=greencmd_env(),
+        preexec_fn=sigint_as_usual)
     try:
         assert client.stdout.readline() == b"Begin follow\n"
         assert client.stdout.readline() == b"old 4\n"

@@ -88,6 +88,9 @@ def test_a_server_that_could_not_listen_leaves_the_signals_alone(engine):
     # Only a clean stop ignores late signals (the process exits then); a server that
     # failed, run in-process, must not leave its caller deaf to Ctrl-C and SIGTERM.
     code = ("import signal, socket\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)  # as a shell starts it\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
             "from click.testing import CliRunner\n"
             "from greencmd.tools.cli import cli\n"
             "busy = socket.socket(); busy.bind(('127.0.0.1', 0)); busy.listen()\n"

@@ -16,12 +16,12 @@ import time
 from collections.abc import Awaitable
 
 from ..core import auth, protocol
-from ..core.errors import internal_error
 from ..core.logs import (
     CLEAN,
     IDLE,
     SHUTDOWN,
     TOO_LONG,
+    internal_error,
     log_lost,
     log_request,
     other_protocol_reason,

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 
-from . import protocol
-from .logs import log
-
-__all__ = ["BindError", "cannot_listen", "describe_os_error", "internal_error", "duration"]
+__all__ = ["BindError", "cannot_listen", "describe_os_error", "duration"]
 
 
 class BindError(Exception):
@@ -29,18 +26,6 @@ def describe_os_error(exc: OSError) -> str:
 def cannot_listen(address: str, exc: OSError) -> BindError:
     """The error for a server that cannot bind ``address`` (``host:port``)."""
     return BindError("cannot listen on %s: %s" % (address, describe_os_error(exc)))
-
-
-def internal_error(word: bytes, exc: BaseException, system: str) -> bytes:
-    """A command raised what nobody expected: one log line, and the client's error line.
-
-    The session goes on: a bug in one command (ours or a plugin's) must cost
-    one request, never the session's other replies.
-    """
-    name = protocol.printable(word)
-    log("Command %s failed unexpectedly: %s" % (name, type(exc).__name__), system,
-        "command_failed", "error", command=name, error=type(exc).__name__)
-    return protocol.error("internal error")
 
 
 def duration(count: float) -> str:

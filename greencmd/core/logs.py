@@ -19,12 +19,13 @@ from collections.abc import Callable, Iterator
 from logging.handlers import RotatingFileHandler
 from typing import TextIO
 
-from .protocol import printable
+from .errors import describe_os_error
+from .protocol import error, printable
 
 __all__ = ["LOGGER_NAME", "TwistedFormatter", "LogFileHandler", "default_log_file",
-           "setup_logging", "log", "reopen_log_files", "session_name", "log_connection",
-           "log_lost", "log_request", "install_flush_timer", "flush_logs", "AcceptFailureLog",
-           "RateLimit", "use_json_lines", "json_line"]
+           "setup_logging", "log", "reopen_log_files", "reopen_on_sighup", "session_name",
+           "log_connection", "log_lost", "log_request", "internal_error", "install_flush_timer",
+           "flush_logs", "AcceptFailureLog", "RateLimit", "use_json_lines", "json_line"]
 
 LOGGER_NAME = "greencmd"
 LIFECYCLE = "-"
@@ -280,7 +281,7 @@ class LogFileHandler(BufferedStreamHandler, RotatingFileHandler):
             if not self.failing:
                 self.failing = True
                 log("Cannot rotate the log file %s: %s; its lines are lost until a SIGHUP "
-                    "reopens it" % (self.baseFilename, _reason(exc)), level="error")
+                    "reopens it" % (self.baseFilename, describe_os_error(exc)), level="error")
         else:
             self.failing = False
 
@@ -294,7 +295,7 @@ class LogFileHandler(BufferedStreamHandler, RotatingFileHandler):
                 new = self._open()
             except OSError as exc:
                 log("Cannot reopen the log file %s: %s; it goes on writing where it did"
-                    % (self.baseFilename, _reason(exc)), level="error")
+                    % (self.baseFilename, describe_os_error(exc)), level="error")
                 return False
             old, self.stream = self.stream, new
             old.close()
@@ -305,10 +306,6 @@ class LogFileHandler(BufferedStreamHandler, RotatingFileHandler):
             self.release()
 
 
-def _reason(exc: OSError) -> str:
-    from .errors import describe_os_error  # (errors logs with this module)
-
-    return describe_os_error(exc)
 
 
 def default_log_file() -> str:
@@ -491,3 +488,15 @@ def log_request(host: str, line: bytes, system: str) -> None:
     """Log a request line, escaped for a terminal."""
     text = printable(line)  # the caller passes auth's line with the token hidden
     log(f"Cmd received from {host} : {text}", system, "request", request=text)
+
+
+def internal_error(word: bytes, exc: BaseException, system: str) -> bytes:
+    """A command raised what nobody expected: one log line, and the client's error line.
+
+    The session goes on: a bug in one command (ours or a plugin's) must cost
+    one request, never the session's other replies.
+    """
+    name = printable(word)
+    log("Command %s failed unexpectedly: %s" % (name, type(exc).__name__), system,
+        "command_failed", "error", command=name, error=type(exc).__name__)
+    return error("internal error")

@@ -25,12 +25,12 @@ from gevent.event import Event
 from gevent.socket import wait_read
 
 from ..core import auth, protocol
-from ..core.errors import internal_error
 from ..core.logs import (
     CLEAN,
     IDLE,
     SHUTDOWN,
     TOO_LONG,
+    internal_error,
     log_lost,
     log_request,
     other_protocol_reason,

@@ -21,7 +21,6 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from ..core import auth, protocol
-from ..core.errors import internal_error
 from ..core.listeners import peer_name
 from ..core.logs import (
     CLEAN,
@@ -30,6 +29,7 @@ from ..core.logs import (
     RESET,
     SHUTDOWN,
     TOO_LONG,
+    internal_error,
     log,
     log_connection,
     log_lost,
