@@ -1,5 +1,6 @@
 """greencmd bench against real servers: it runs, it checks replies, it reports errors."""
 
+import importlib
 import json
 import os
 import re
@@ -175,14 +176,13 @@ def test_the_floor_answers_as_greencmd_does(start_server, tmp_path, spec):
     assert proc.communicate(timeout=20)[0] == b""  # nothing more (the bare floor: nothing)
 
 
-def kernel_share():
-    """benchmarks/kernel_share.py as a module (it imports compare.py beside it)."""
+def benchmark(name: str):
+    """benchmarks/NAME.py as a module (kernel_share.py imports compare.py beside it)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        import kernel_share as module
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    return module
 
 
 @pytest.mark.engines("gevent")
@@ -206,17 +206,7 @@ def kernel_share():
 def test_kernel_share_files_a_sample_where_it_ran(frames, where):
     # The innermost frame decides kernel or user; a kernel sample goes under the
     # system call it was in, however deep, or under page faults.
-    assert kernel_share().category(frames) == where
-
-
-def soak_module():
-    """benchmarks/soak.py as a module."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import soak as module
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
+    assert benchmark("kernel_share").category(frames) == where
 
 
 @pytest.mark.parametrize("stop_under_load", [False, True])
@@ -239,7 +229,7 @@ def test_the_soak_leaves_a_server_as_it_found_it_and_says_so(stop_under_load):
 def test_the_soak_finds_what_a_childs_session_left_running():
     # What a server's children leave running after its exit is found by their session,
     # whoever their parent is by then: here a shell and its two sleeps.
-    soak = soak_module()
+    soak = benchmark("soak")
     child = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30"], start_new_session=True)
     try:
         deadline = 50
