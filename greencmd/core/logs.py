@@ -306,8 +306,6 @@ class LogFileHandler(BufferedStreamHandler, RotatingFileHandler):
             self.release()
 
 
-
-
 def default_log_file() -> str:
     """``$XDG_STATE_HOME/greencmd/server.log``, or under ``~/.local/state``."""
     state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
