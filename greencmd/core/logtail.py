@@ -1,8 +1,10 @@
 """What ``lastlog`` and ``follow`` ask of ``tail``, and what they answer. No sockets.
 
-Everything that can be checked before a child runs is checked here (the line
-count, that the source exists and can be read), and every reply is worded
-here; the engines only run ``tail`` and wait for it, each in its own style.
+The line count and that there is a source are checked here before a child
+runs; why ``tail`` could not read the source is asked after it failed (a
+check before every ``lastlog`` would cost two path lookups per request for
+the rare bad source). Every reply is worded here; the engines only run
+``tail`` and wait for it, each in its own style.
 """
 
 from __future__ import annotations
@@ -66,24 +68,20 @@ class LastlogSource(NamedTuple):
 def lastlog_argv(arg: bytes, source: LastlogSource) -> list[str]:
     """The ``tail`` command line for ``lastlog ARG``; raises :class:`Refused`.
 
-    Everything that can be checked before spawning a child is checked here: the
-    line count, that there is a source, and that it can be read.
+    Checked here: the line count, and that there is a source. A source that
+    cannot be read is tail's to find, and :func:`lastlog_result`'s to word.
     """
-    count = _checked_source("lastlog", arg, source)
-    return [TAIL, "-n", str(count), "--", source.path]
+    return [TAIL, "-n", str(_line_count("lastlog", arg, source)), "--", source.path]
 
 
-def _checked_source(command: str, arg: bytes, source: LastlogSource) -> int:
-    """The line count of ``lastlog``/``follow``, once the source is known to be readable."""
+def _line_count(command: str, arg: bytes, source: LastlogSource) -> int:
+    """The line count of ``lastlog``/``follow``, once there is known to be a source."""
     try:
         count = protocol.parse_lastlog_count(arg, command)
     except ValueError as exc:
         raise Refused(protocol.error(str(exc))) from None
     if source.path is None:
         raise Refused(protocol.error(source.missing()))
-    problem = _unreadable(source.path)
-    if problem:
-        raise Refused(protocol.error(problem))
     # The source may be the server's own log: what it logged must be on disk.
     flush_logs()
     return count
@@ -102,7 +100,11 @@ def follow_count(arg: bytes, source: LastlogSource) -> int:
     Raises :class:`Refused`. Cheap: the engines call it in their event loop, then
     :func:`follow_start` on a thread, since it reads up to 4 MiB.
     """
-    return _checked_source("follow", arg, source)
+    count = _line_count("follow", arg, source)
+    problem = _unreadable(source.path)
+    if problem:
+        raise Refused(protocol.error(problem))
+    return count
 
 
 def follow_start(path: str, count: int) -> FollowStart | bytes:
@@ -168,12 +170,18 @@ def lastlog_result(source: str, status: int | None, output: bytes | None,
     """The ``lastlog`` reply once ``tail`` ended: its output framed, or an error.
 
     ``output`` is ``None`` when it went over :data:`LASTLOG_MAX_BYTES`; ``errors``
-    is tail's stderr when it was read apart from ``output``.
+    is tail's stderr when it was read apart from ``output``. When tail failed
+    because the source is missing, a directory or unreadable, the error says so
+    as Python words it (``[Errno 2] No such file or directory: '...'``), in
+    every engine alike, whatever tail's own message.
     """
     if output is None:
         return protocol.error("lastlog of %r is over %d MiB; ask for fewer lines"
                               % (source, LASTLOG_MAX_BYTES >> 20))
     if status != 0:
+        problem = _unreadable(source)
+        if problem:
+            return protocol.error(problem)
         lines = (errors or output).decode("utf-8", "backslashreplace").strip().splitlines()
         why = lines[-1] if lines else "no message"
         return protocol.error("tail of %r failed with status %s: %s" % (source, status, why))

@@ -51,7 +51,7 @@ from subprocess import DEVNULL, PIPE, STDOUT, TimeoutExpired
 
 import gevent
 from gevent.event import AsyncResult
-from gevent.os import make_nonblocking, nb_read
+from gevent.os import nb_read
 from gevent.socket import wait_read
 
 __all__ = ["Popen", "Pipe", "PIPE", "STDOUT", "DEVNULL", "TimeoutExpired"]
@@ -225,7 +225,7 @@ class Pipe:
     __slots__ = ("_fd",)
 
     def __init__(self, fd: int) -> None:
-        make_nonblocking(fd)
+        os.set_blocking(fd, False)  # gevent.os.make_nonblocking, in C
         self._fd: int | None = fd
 
     @property
