@@ -209,6 +209,26 @@ def test_kernel_share_files_a_sample_where_it_ran(frames, where):
     assert benchmark("kernel_share").category(frames) == where
 
 
+@pytest.mark.engines("gevent")
+@pytest.mark.parametrize("frames, where", [
+    (["ffffffff8172 __x64_sys_fcntl ([kernel.kallsyms])",
+      "30c729 os_set_blocking (/usr/lib/libpython3.12.so.1.0)",
+      "7f00 py::Pipe.__init__:/srv/greencmd/gevent_engine/fast_subprocess.py (/tmp/perf-1.map)",
+      "7f01 py::Popen.__init__:/srv/greencmd/gevent_engine/fast_subprocess.py (/tmp/perf-1.map)"],
+     "Pipe.__init__ (fast_subprocess.py)"),
+    (["7f00 py::<lambda>:<string> (/tmp/perf-1.map)"], "<lambda> (<string>)"),
+    (["7f00 py::dirname:<frozen posixpath> (/tmp/perf-1.map)"],
+     "dirname (<frozen posixpath>)"),
+    (["ffffffff8100 handle_softirqs ([kernel.kallsyms])",
+      "4ea22 ev_run (/venv/gevent/libev/corecext.cpython-312-x86_64-linux-gnu.so)"],
+     "no Python function"),
+])
+def test_kernel_share_by_python_function_takes_the_innermost_one(frames, where):
+    # --by-python-function: a sample belongs to the Python function that was
+    # running, whatever C code or system call it was in below it.
+    assert benchmark("kernel_share").python_function(frames) == where
+
+
 @pytest.mark.parametrize("stop_under_load", [False, True])
 def test_the_soak_leaves_a_server_as_it_found_it_and_says_so(stop_under_load):
     # benchmarks/soak.py, briefly: its report line, and exit 0 when nothing is left
