@@ -1,15 +1,19 @@
 """The three engines (gevent, the Twisted twin, asyncio) and the floor, side by side, in one run.
 
     python benchmarks/compare.py [--reps 3] [--seconds 5] [--only NAME ...]
-                                 [--engines gevent twisted asyncio floor floor-spec]
+                                 [--engines gevent twisted asyncio floor floor-spec
+                                            floor-greenlets]
                                  [--json out.json] [--plot out.png]
 
 Each scenario starts a fresh server of each engine on a free port, pinned to
 CPU 0 (except comhash, whose point is using every CPU), runs `greencmd bench`
 pinned to CPU 1, and stops the server. ``floor`` is ``benchmarks/floor.py``,
 the plainest gevent server answering the same commands; ``floor-spec`` is it
-with the spec's log lines and a bound on greenlets (``floor.py --spec``): the
-part of an engine's cost over the floor that any server of the spec pays.
+with the spec's log lines, a bound on greenlets and ``lastlog``'s child run with
+the spec's guarantees, the thread way (``floor.py --spec --children guarded``):
+the part of an engine's cost over the floor that any server of the spec pays;
+``floor-greenlets`` is the floor with ``lastlog``'s child run as the gevent
+engine runs it (``floor.py --children greenlets``).
 Engines alternate in order from one repetition to the next. Prints the
 machine, the commands, the median of each engine, for each repetition gevent's
 figure over each other engine's, and each engine's server CPU per operation
@@ -33,7 +37,7 @@ import threading
 from importlib import metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGINES = ("gevent", "twisted", "asyncio", "floor", "floor-spec")
+ENGINES = ("gevent", "twisted", "asyncio", "floor", "floor-spec", "floor-greenlets")
 FLOOR = os.path.join(REPO, "benchmarks", "floor.py")
 
 # name: (bench scenario, serve options, bench options, pin the server)
@@ -68,8 +72,10 @@ def server_command(engine: str, options: list[str], workdir: str) -> list[str]:
     source = os.path.join(workdir, "source.log")
     if engine == "floor":  # no options: it has no log, no limits
         return [sys.executable, FLOOR, "--lastlog-file", source]
-    if engine == "floor-spec":  # the floor, logged and bounded as the spec asks
-        return [sys.executable, FLOOR, "--lastlog-file", source, "--spec",
+    if engine == "floor-greenlets":  # the floor, its children run the gevent engine's way
+        return [sys.executable, FLOOR, "--lastlog-file", source, "--children", "greenlets"]
+    if engine == "floor-spec":  # the floor, logged, bounded and guarded as the spec asks
+        return [sys.executable, FLOOR, "--lastlog-file", source, "--spec", "--children", "guarded",
                 "--log-file", os.path.join(workdir, "server-%s.log" % engine),
                 "--max-clients", "6000", *[o for o in options if o == "--quiet"]]
     return [sys.executable, "-m", "greencmd", "serve", "--engine", engine, "--port",
@@ -203,8 +209,9 @@ def report(names: list[str], results: dict, engines: tuple[str, ...]) -> None:
     others = engines[1:]
     engines_cpu = [e for e in engines if e != "floor"] if "floor" in engines else []
     cpu_pairs = [(e, "floor") for e in engines_cpu]
-    if "floor-spec" in engines:
-        cpu_pairs.append(("gevent", "floor-spec"))
+    for floor in ("floor-spec", "floor-greenlets"):
+        if floor in engines:
+            cpu_pairs.append(("gevent", floor))
     print("| scenario | unit | %s | %s | server µs/op %s | %s | p99 ms %s | errors |" % (
         " | ".join("%s (median)" % e for e in engines),
         " | ".join("gevent/%s per rep" % e for e in others),

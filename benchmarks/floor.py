@@ -2,6 +2,7 @@
 
     python benchmarks/floor.py [--port 0] [--lastlog-file FILE] [--threads N]
                                [--spec [--quiet] [--log-file FILE]]
+                               [--children threads|guarded|greenlets]
     python benchmarks/compare.py        # measures it beside the engines: the `floor` column
 
 One greenlet per connection (``StreamServer``), a ``recv()`` loop cut into lines,
@@ -25,6 +26,18 @@ done the way greencmd does it: the log's lines (connection, each request unless
 (greencmd's ``BoundedServer``, sized as greencmd sizes it for ``--max-clients``). ``compare.py``
 measures it as ``floor-spec``: what is left between it and an engine is the
 cost of everything else the engine does (timeouts, limits, checks, clean ends).
+
+``--children`` says how ``lastlog``'s ``tail`` runs: ``threads`` (the default) is
+the above; ``guarded`` is the same thread doing what the spec and greencmd ask of
+every child, the thread way (its own session, killed whole once it exits, a
+timeout, a cap on its output, a stop once its client is gone: a ``poll()``
+loop); ``greenlets`` is the gevent engine's own ``processes.run`` (a greenlet
+per pipe, the exit awaited on a pidfd, the same guarantees), and nothing else
+of the engine. ``compare.py`` measures ``--spec --children guarded`` as
+``floor-spec`` and ``--children greenlets`` as ``floor-greenlets``: between
+``floor`` and ``floor-greenlets`` is the price of running a child the gevent
+engine's way, guarantees included; between ``floor-spec`` and ``gevent``, the
+price of everything the engine does that the spec does not ask.
 """
 
 from __future__ import annotations
@@ -32,19 +45,23 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import select
 import subprocess
 import sys
+import threading
+import time
 
 from gevent.server import StreamServer
 from gevent.threadpool import ThreadPool
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from greencmd.core import logs, protocol  # noqa: E402
+from greencmd.core import logs, logtail, protocol  # noqa: E402
 from greencmd.core.hashing import hash_file  # noqa: E402
-from greencmd.core.logtail import TAIL  # noqa: E402
-from greencmd.core.programs import AT_ONCE  # noqa: E402
+from greencmd.core.logtail import LASTLOG_MAX_BYTES, TAIL  # noqa: E402
+from greencmd.core.programs import AT_ONCE, STDERR_KEPT, kill_session  # noqa: E402
 from greencmd.core.settings import REFUSING, ServerConfig  # noqa: E402
+from greencmd.gevent_engine import processes  # noqa: E402
 from greencmd.gevent_engine.bounded import BoundedServer  # noqa: E402
 from greencmd.gevent_engine.server import configure_gevent, start_log_flushing  # noqa: E402
 
@@ -52,26 +69,100 @@ from greencmd.gevent_engine.server import configure_gevent, start_log_flushing  
 THREADS = AT_ONCE
 
 
+#: --command-timeout's default: the guarded and greenlet ways time a child out.
+TIMEOUT = ServerConfig().command_timeout
+#: How often the guarded thread looks whether its client is gone, or its child exited.
+LOOK_EVERY = 0.1
+
+
+def tail_argv(path: str, count: bytes) -> list[str]:
+    """``tail -n COUNT -- PATH`` (``tail`` found on PATH once, as greencmd finds it)."""
+    return [TAIL, "-n", (count or b"%d" % protocol.LASTLOG_DEFAULT_LINES).decode(), "--", path]
+
+
 def tail(path: str, count: bytes) -> bytes:
-    """``tail -n COUNT -- PATH``'s output, run by the stdlib on this thread (``tail``
-    found on PATH once, as greencmd finds it)."""
-    argv = [TAIL, "-n", (count or b"%d" % protocol.LASTLOG_DEFAULT_LINES).decode(), "--", path]
-    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True).stdout
+    """``tail``'s output, run by the stdlib on this thread."""
+    return subprocess.run(tail_argv(path, count), stdin=subprocess.DEVNULL,
+                          capture_output=True).stdout
+
+
+def tail_guarded(path: str, count: bytes, gone: threading.Event) -> bytes | None:
+    """``tail``'s output, run on this thread as the spec asks; None if it timed out, went
+    over the cap, or ``gone`` was set (its client left)."""
+    child = subprocess.Popen(tail_argv(path, count), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        return read_both(child, time.monotonic() + TIMEOUT, gone)
+    finally:
+        kill_session(child.pid)  # all of it, or what it left running
+        child.stdout.close()
+        child.stderr.close()
+        child.wait()
+
+
+def read_both(child: subprocess.Popen, deadline: float, gone: threading.Event) -> bytes | None:
+    """stdout until both pipes end (stderr's end kept), or None; the group is killed once
+    the child exits, so a grandchild cannot hold the pipes."""
+    poller = select.poll()
+    for pipe in (child.stdout, child.stderr):
+        poller.register(pipe, select.POLLIN)
+    out, errors, size, open_pipes, exited = [], b"", 0, 2, False
+    while open_pipes:
+        if gone.is_set() or time.monotonic() > deadline:
+            return None
+        if not exited and child.poll() is not None:
+            exited = True
+            kill_session(child.pid)
+        for fd, _ in poller.poll(LOOK_EVERY * 1000):
+            data = os.read(fd, 65536)
+            if not data:
+                poller.unregister(fd)
+                open_pipes -= 1
+            elif fd == child.stderr.fileno():
+                errors = (errors + data)[-STDERR_KEPT:]
+            elif (size := size + len(data)) > LASTLOG_MAX_BYTES:
+                return None
+            else:
+                out.append(data)
+    return b"".join(out)
+
+
+def tail_in_greenlets(path: str, count: bytes) -> bytes | None:
+    """``tail``'s output as the gevent engine gets it (``processes.run``, in this greenlet)."""
+    try:
+        return processes.run(tail_argv(path, count), TIMEOUT, LASTLOG_MAX_BYTES).output
+    except (processes.TimedOut, processes.TooMuchOutput):
+        return None
 
 
 def serve(port: int, lastlog_file: str, threads: int, spec: bool = False,
-          quiet: bool = False, log_file: str | None = None, max_clients: int = 10) -> None:
+          quiet: bool = False, log_file: str | None = None, max_clients: int = 10,
+          children: str = "threads") -> None:
     """Answer every connection until killed (with ``spec``, logged and bounded)."""
     configure_gevent()  # gevent configured as greencmd configures it: code is compared
     pool = ThreadPool(threads)
     numbers = itertools.count()
+
+    def lastlog(arg: bytes) -> bytes:
+        if children == "threads":
+            return protocol.lastlog_reply(pool.apply(tail, (lastlog_file, arg)))
+        if children == "greenlets":
+            output = tail_in_greenlets(lastlog_file, arg)
+        else:
+            gone = threading.Event()
+            try:
+                output = pool.apply(tail_guarded, (lastlog_file, arg, gone))
+            finally:
+                gone.set()
+        return logtail.lastlog_result(lastlog_file, 0, output)
 
     def answer(line: bytes) -> bytes | None:
         word, _, arg = line.strip().partition(b" ")
         if word == b"help":
             return protocol.HELP
         if word == b"lastlog":
-            return protocol.lastlog_reply(pool.apply(tail, (lastlog_file, arg)))
+            return lastlog(arg)
         if word == b"comhash":
             return pool.apply(hash_file, (arg, None))
         if word in (b"exit", b"quit"):
@@ -125,9 +216,13 @@ def main() -> None:
     parser.add_argument("--log-file", default=None, help="with --spec: the log also goes here")
     parser.add_argument("--max-clients", type=int, default=ServerConfig().max_clients,
                         help="with --spec: the greenlets are bounded as greencmd's are")
+    parser.add_argument("--children", choices=("threads", "guarded", "greenlets"),
+                        default="threads",
+                        help="lastlog's tail: the stdlib on a pool thread, the same with "
+                             "the spec's guarantees, or the gevent engine's processes.run")
     args = parser.parse_args()
     serve(args.port, args.lastlog_file, args.threads, args.spec, args.quiet, args.log_file,
-          args.max_clients)
+          args.max_clients, args.children)
 
 
 if __name__ == "__main__":

@@ -151,12 +151,14 @@ def floor_talk(port, data):
 
 
 @pytest.mark.engines("gevent")
-@pytest.mark.parametrize("spec", [False, True])
-def test_the_floor_answers_as_greencmd_does(start_server, tmp_path, spec):
+@pytest.mark.parametrize("options", [[], ["--spec", "--children", "guarded"],
+                                     ["--children", "greenlets"]])
+def test_the_floor_answers_as_greencmd_does(start_server, tmp_path, options):
     (tmp_path / "source.log").write_bytes(b"".join(b"line %d\n" % i for i in range(30)))
     server = start_server("--lastlog-file", str(tmp_path / "source.log"))
     talk = b"help\nfrob\nlastlog 3\nlastlog\nexit\nhelp\n"  # nothing after exit is answered
-    proc, port = start_floor(tmp_path, *(["--spec"] if spec else []))
+    spec = "--spec" in options
+    proc, port = start_floor(tmp_path, *options)
     try:
         assert floor_talk(port, talk) == server.talk(talk)
         assert floor_talk(port, b"exit\n") == b""
