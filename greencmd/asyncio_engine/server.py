@@ -34,7 +34,7 @@ from ..core.logs import (
     session_name,
 )
 from ..core.settings import BACKLOG, LINGER_SECONDS, ServerConfig, format_address
-from ..core.signals import ignore_server_signals
+from ..core.signals import SERVER_SIGNALS, ignore_server_signals
 from ..core.startup import startup_lines
 from ..core.systemd import Notifier
 from .commands import ServerState
@@ -221,10 +221,11 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None,
             ticks.cancel()
         if metrics is not None:
             metrics.close()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
         if stopped:  # the process exits now: no late signal may kill it (core/signals.py)
-            ignore_server_signals()
+            ignore_server_signals(loop.remove_signal_handler)
+        else:
+            for signum in SERVER_SIGNALS:
+                loop.remove_signal_handler(signum)
         stop_flushing()
         if config.unix and listener is None:
             remove_socket(config.unix)

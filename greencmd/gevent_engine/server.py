@@ -216,9 +216,9 @@ def run(config: ServerConfig, listener: socket.socket | None = None,
     stop_flushing = start_log_flushing()
     stop = Event()
     # Handlers first: whoever waits for the "starting on" line may signal at once.
-    handlers = [gevent.signal_handler(signum, stop.set)
-                for signum in (signal.SIGTERM, signal.SIGINT)]
-    handlers.append(gevent.signal_handler(signal.SIGHUP, reopen_log_files))
+    handlers = {signum: gevent.signal_handler(signum, stop.set)
+                for signum in (signal.SIGTERM, signal.SIGINT)}
+    handlers[signal.SIGHUP] = gevent.signal_handler(signal.SIGHUP, reopen_log_files)
     ticks = metrics = None
     stopped = False
     try:
@@ -248,10 +248,11 @@ def run(config: ServerConfig, listener: socket.socket | None = None,
             ticks.kill()
         if metrics is not None:
             metrics.stop(timeout=1)
-        for handler in handlers:
-            handler.cancel()
         if stopped:  # the process exits now: no late signal may kill it (core/signals.py)
-            ignore_server_signals()
+            ignore_server_signals(lambda signum: handlers[signum].cancel())
+        else:
+            for handler in handlers.values():
+                handler.cancel()
         stop_flushing()
         if ours and config.unix:
             remove_socket(config.unix)
