@@ -34,7 +34,7 @@ from ..core.logs import (
     session_name,
 )
 from ..core.settings import BACKLOG, LINGER_SECONDS, ServerConfig, format_address
-from ..core.signals import SERVER_SIGNALS, ignore_server_signals
+from ..core.signals import let_go_of_signals
 from ..core.startup import startup_lines
 from ..core.systemd import Notifier
 from .commands import ServerState
@@ -221,11 +221,8 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None,
             ticks.cancel()
         if metrics is not None:
             metrics.close()
-        if stopped:  # the process exits now: no late signal may kill it (core/signals.py)
-            ignore_server_signals(loop.remove_signal_handler)
-        else:
-            for signum in SERVER_SIGNALS:
-                loop.remove_signal_handler(signum)
+        # Stopped, the process exits now: no late signal may kill it (core/signals.py).
+        let_go_of_signals(loop.remove_signal_handler, stopped)
         stop_flushing()
         if config.unix and listener is None:
             remove_socket(config.unix)

@@ -23,19 +23,23 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 
-__all__ = ["SERVER_SIGNALS", "ignore_server_signals"]
+__all__ = ["SERVER_SIGNALS", "ignore_server_signals", "let_go_of_signals"]
 
 #: What a server answers: stop (twice) and reopen the log.
 SERVER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def ignore_server_signals(let_go: Callable[[int], object] | None = None) -> None:
-    """From now on SIGTERM, SIGINT and SIGHUP do nothing (SIGKILL still ends it).
-
-    ``let_go(signum)``: the library's way to drop its handler of that signal,
-    called right before it is ignored (see the module's docstring).
-    """
+def ignore_server_signals() -> None:
+    """From now on SIGTERM, SIGINT and SIGHUP do nothing (SIGKILL still ends it)."""
     for signum in SERVER_SIGNALS:
-        if let_go is not None:
-            let_go(signum)
         signal.signal(signum, signal.SIG_IGN)
+
+
+def let_go_of_signals(let_go: Callable[[int], object], stopped: bool) -> None:
+    """Drop a library's handlers, ``let_go(signum)`` for each server signal; after a
+    clean stop (``stopped``: the process exits now) each signal is ignored right
+    after its handler goes (see the module's docstring)."""
+    for signum in SERVER_SIGNALS:
+        let_go(signum)
+        if stopped:
+            signal.signal(signum, signal.SIG_IGN)

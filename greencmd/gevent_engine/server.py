@@ -40,7 +40,7 @@ from ..core.settings import (
     ServerConfig,
     format_address,
 )
-from ..core.signals import ignore_server_signals
+from ..core.signals import let_go_of_signals
 from ..core.startup import startup_lines
 from ..core.systemd import Notifier
 from .bounded import BoundedServer
@@ -248,11 +248,8 @@ def run(config: ServerConfig, listener: socket.socket | None = None,
             ticks.kill()
         if metrics is not None:
             metrics.stop(timeout=1)
-        if stopped:  # the process exits now: no late signal may kill it (core/signals.py)
-            ignore_server_signals(lambda signum: handlers[signum].cancel())
-        else:
-            for handler in handlers.values():
-                handler.cancel()
+        # Stopped, the process exits now: no late signal may kill it (core/signals.py).
+        let_go_of_signals(lambda signum: handlers[signum].cancel(), stopped)
         stop_flushing()
         if ours and config.unix:
             remove_socket(config.unix)
