@@ -131,7 +131,7 @@ def read_both(child: subprocess.Popen, deadline: float, gone: threading.Event) -
 def tail_in_greenlets(path: str, count: bytes) -> bytes | None:
     """``tail``'s output as the gevent engine gets it (``processes.run``, in this greenlet)."""
     try:
-        return processes.run(tail_argv(path, count), TIMEOUT, LASTLOG_MAX_BYTES).output
+        return processes.run_tail(tail_argv(path, count), TIMEOUT, LASTLOG_MAX_BYTES).output
     except (processes.TimedOut, processes.TooMuchOutput):
         return None
 

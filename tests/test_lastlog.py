@@ -6,6 +6,7 @@ import socket
 import pytest
 from conftest import HELP, SAMPLE_LINES, lastlog_of, read_all, read_until, reset, wait_until
 
+from greencmd.core.logtail import TAIL
 from greencmd.core.settings import LASTLOG_CANDIDATES
 
 BAD_COUNT = b"An error occured: lastlog takes a line count from 1 to 1000\n"
@@ -63,6 +64,15 @@ def test_huge_output_is_refused_not_buffered(start_server, tmp_path):
     assert reply.startswith(b"An error occured: lastlog of '%s' is over 4 MiB" % bytes(source))
     assert reply.endswith(b"\n" + HELP)
     assert reply.count(b"\n") == 2
+
+
+def test_tail_failing_on_a_readable_source_is_answered_with_its_own_words(start_server):
+    # /proc/self/mem can be opened, but reading its start fails: tail says why on
+    # stderr, read after its stdout (lastlog's pipes are read in turn), and exits 1.
+    server = start_server("--lastlog-file", "/proc/self/mem")
+    assert server.talk(b"lastlog\nhelp\n") == (
+        b"An error occured: tail of '/proc/self/mem' failed with status 1: "
+        b"%s: error reading '/proc/self/mem': Input/output error\n%s" % (TAIL.encode(), HELP))
 
 
 def fifo_server(start_server, tmp_path, *options):

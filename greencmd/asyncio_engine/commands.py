@@ -67,7 +67,7 @@ async def lastlog(state: ServerState, arg: bytes, system: str) -> bytes:
         return refused.reply
     source, timeout = state.lastlog.path, state.config.command_timeout
     try:
-        tail = await processes.run(argv, timeout, logtail.LASTLOG_MAX_BYTES)
+        tail = await processes.run_tail(argv, timeout, logtail.LASTLOG_MAX_BYTES)
     except OSError as exc:
         return protocol.error("cannot run tail: %s" % describe_os_error(exc))
     except TimedOut:

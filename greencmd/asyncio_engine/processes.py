@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 import os
 from asyncio.subprocess import DEVNULL, PIPE, Process
+from collections.abc import Awaitable, Callable
 
 from ..core.programs import AT_ONCE, STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
 
-__all__ = ["start", "run", "read_capped", "read_last", "read_to_end", "drain", "kill_group",
-           "CHUNK"]
+__all__ = ["start", "run", "run_tail", "read_capped", "read_last", "read_to_end", "drain",
+           "kill_group", "CHUNK"]
 
 #: Read size from a child's pipe (a pipe holds 64 KiB).
 CHUNK = 65536
@@ -38,13 +39,29 @@ async def run(argv: list[str], timeout: float, limit: int) -> Finished:
     past ``limit`` bytes of stdout. Once the child exits, whatever it left in
     its session is killed: a grandchild holding our pipe must not hold the reply.
     """
+    return await _run(argv, timeout, limit, _complete)
+
+
+async def run_tail(argv: list[str], timeout: float, limit: int) -> Finished:
+    """:func:`run` for greencmd's own ``tail`` (``lastlog``): its pipes read in turn, here.
+
+    ``tail`` writes a line or two to stderr at most and starts no process of its
+    own: stderr cannot fill while stdout is read, and nothing outlives it to hold
+    a pipe, so this coroutine reads both and no task is made for either. A
+    configured program may do either: :func:`run`.
+    """
+    return await _run(argv, timeout, limit, _in_turn)
+
+
+async def _run(argv: list[str], timeout: float, limit: int,
+               complete: Callable[[Process, int], Awaitable[list]]) -> Finished:
     global _turns
     if _turns is None:  # made in the running loop (Python 3.10 binds it at creation)
         _turns = asyncio.Semaphore(AT_ONCE)
     async with _turns:
         child = await start(argv)
         try:
-            status, output, errors = await asyncio.wait_for(_complete(child, limit), timeout)
+            status, output, errors = await asyncio.wait_for(complete(child, limit), timeout)
         except asyncio.TimeoutError:
             raise TimedOut() from None
         finally:
@@ -61,6 +78,12 @@ async def _complete(child: Process, limit: int) -> list:
     # and left alone complains in the log that its CancelledError was never retrieved).
     return await asyncio.gather(_exit(child), read_capped(child, limit),
                                 read_last(child.stderr, STDERR_KEPT))
+
+
+async def _in_turn(child: Process, limit: int) -> list:
+    output = await read_capped(child, limit)
+    errors = await read_last(child.stderr, STDERR_KEPT)
+    return [await child.wait(), output, errors]
 
 
 async def _exit(child: Process) -> int:

@@ -74,7 +74,7 @@ def lastlog(state: ServerState, arg: bytes, system: str) -> bytes:
         return refused.reply
     source, timeout = state.lastlog.path, state.config.command_timeout
     try:
-        tail = processes.run(argv, timeout, logtail.LASTLOG_MAX_BYTES)
+        tail = processes.run_tail(argv, timeout, logtail.LASTLOG_MAX_BYTES)
     except OSError as exc:
         return protocol.error("cannot run tail: %s" % describe_os_error(exc))
     except TimedOut:

@@ -19,8 +19,8 @@ from ..core.programs import AT_ONCE, STDERR_KEPT, Finished, TimedOut, TooMuchOut
 # gevent.subprocess's API, spawned by the stdlib's faster C code (see the module).
 from .fast_subprocess import DEVNULL, PIPE, Popen
 
-__all__ = ["Finished", "TimedOut", "TooMuchOutput", "start", "run", "read_capped",
-           "kill_group", "kill_and_reap", "CHUNK"]
+__all__ = ["Finished", "TimedOut", "TooMuchOutput", "start", "run", "run_tail", "read_capped",
+           "read_last", "kill_group", "kill_and_reap", "CHUNK"]
 
 #: Read size from a child's pipe (a pipe holds 64 KiB).
 CHUNK = 65536
@@ -57,6 +57,31 @@ def _run(argv: list[str], timeout: float, limit: int) -> Finished:
             output, errors = readers[0].get(), readers[1].get()
     finally:
         kill_and_reap(child, readers)
+    return _finished(status, output, errors)
+
+
+def run_tail(argv: list[str], timeout: float, limit: int) -> Finished:
+    """:func:`run` for greencmd's own ``tail`` (``lastlog``): its pipes read in turn, here.
+
+    ``tail`` writes a line or two to stderr at most and starts no process of its
+    own: stderr cannot fill while stdout is read, and nothing outlives it to hold
+    a pipe, so one greenlet reads both and no reader is spawned (about a quarter
+    of lastlog's cost in the server; docs/performance.md). A configured program
+    may do either: :func:`run`.
+    """
+    with _turns:
+        child = start(argv)
+        try:
+            with gevent.Timeout(timeout, TimedOut):
+                output = read_capped(child, child.stdout, limit)
+                errors = read_last(child.stderr, STDERR_KEPT)
+                status = child.wait()
+        finally:
+            kill_and_reap(child)
+    return _finished(status, output, errors)
+
+
+def _finished(status: int, output: bytes | None, errors: bytes) -> Finished:
     if output is None:
         raise TooMuchOutput()
     return Finished(status, output, errors)

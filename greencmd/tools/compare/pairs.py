@@ -118,11 +118,11 @@ PAIRS = [
          "asyncio's Process.wait() also waits "
          "for the child's pipes, so the exit is awaited on a pidfd there too, and asyncio "
          "frees pipes only at their end, so a child stopped early has them read to it.",
-         _engines("processes.py", ("run", "_run", "read_capped", "read_last", "kill_group",
-                                   "kill_and_reap", "_clean_up"),
+         _engines("processes.py", ("run", "_run", "run_tail", "_finished", "read_capped",
+                                   "read_last", "kill_group", "kill_and_reap", "_clean_up"),
                   ("spawn", "SessionChild", "ChildProtocol", "run", "_run"),
-                  ("start", "run", "_complete", "_exit", "exited", "read_capped", "read_last",
-                   "drain", "read_to_end", "kill_group"),
+                  ("start", "run", "run_tail", "_run", "_complete", "_in_turn", "_exit", "exited",
+                   "read_capped", "read_last", "drain", "read_to_end", "kill_group"),
                   gevent=(Part("gevent_engine/fast_subprocess.py", ("Popen", "Pipe")),))),
     Pair("follow", "follow: stream tail -F to the client until a line stops it; a client "
          "that stops reading stalls only its own follow.", "",
