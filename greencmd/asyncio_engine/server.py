@@ -100,6 +100,13 @@ class CommandServer:
                 self.connections[task] = writer
             await self.serve_session(Connection(reader, writer, self.config.max_line,
                                                 self.config.idle_timeout), host, number)
+        except asyncio.CancelledError:
+            # Shutdown cancels a session that waits for its next request; when the
+            # client's next bytes, or its end, came in the same turn of the loop, the
+            # cancel lands once the session is over, on its way out. The connection is
+            # closed by then: end quietly, not as a task start_server calls unhandled.
+            if not self.closing.is_set():
+                raise
         finally:
             del self.connections[task]
 
