@@ -29,10 +29,11 @@ cost of everything else the engine does (timeouts, limits, checks, clean ends).
 
 ``--children`` says how ``lastlog``'s ``tail`` runs: ``threads`` (the default) is
 the above; ``guarded`` is the same thread doing what the spec and greencmd ask of
-every child, the thread way (its own session, killed whole once it exits, a
+every child, the thread way (its own process group, killed whole once it exits, a
 timeout, a cap on its output, a stop once its client is gone: a ``poll()``
-loop); ``greenlets`` is the gevent engine's own ``processes.run`` (a greenlet
-per pipe, the exit awaited on a pidfd, the same guarantees), and nothing else
+loop); ``greenlets`` is the gevent engine's own ``processes.run_tail`` (both
+pipes read in this greenlet, the exit awaited on a pidfd, the same guarantees;
+before issue 16's tenth pass, ``processes.run``'s greenlet per pipe), and nothing else
 of the engine. ``compare.py`` measures ``--spec --children guarded`` as
 ``floor-spec`` and ``--children greenlets`` as ``floor-greenlets``: between
 ``floor`` and ``floor-greenlets`` is the price of running a child the gevent
@@ -59,7 +60,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from greencmd.core import logs, logtail, protocol  # noqa: E402
 from greencmd.core.hashing import hash_file  # noqa: E402
 from greencmd.core.logtail import LASTLOG_MAX_BYTES, TAIL  # noqa: E402
-from greencmd.core.programs import AT_ONCE, STDERR_KEPT, kill_session  # noqa: E402
+from greencmd.core.programs import AT_ONCE, OWN_GROUP, STDERR_KEPT, kill_process_group  # noqa: E402
 from greencmd.core.settings import REFUSING, ServerConfig  # noqa: E402
 from greencmd.gevent_engine import processes  # noqa: E402
 from greencmd.gevent_engine.bounded import BoundedServer  # noqa: E402
@@ -91,11 +92,11 @@ def tail_guarded(path: str, count: bytes, gone: threading.Event) -> bytes | None
     over the cap, or ``gone`` was set (its client left)."""
     child = subprocess.Popen(tail_argv(path, count), stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             start_new_session=True)
+                             **OWN_GROUP)
     try:
         return read_both(child, time.monotonic() + TIMEOUT, gone)
     finally:
-        kill_session(child.pid)  # all of it, or what it left running
+        kill_process_group(child.pid)  # all of it, or what it left running
         child.stdout.close()
         child.stderr.close()
         child.wait()
@@ -113,7 +114,7 @@ def read_both(child: subprocess.Popen, deadline: float, gone: threading.Event) -
             return None
         if not exited and child.poll() is not None:
             exited = True
-            kill_session(child.pid)
+            kill_process_group(child.pid)
         for fd, _ in poller.poll(LOOK_EVERY * 1000):
             data = os.read(fd, 65536)
             if not data:
@@ -129,7 +130,7 @@ def read_both(child: subprocess.Popen, deadline: float, gone: threading.Event) -
 
 
 def tail_in_greenlets(path: str, count: bytes) -> bytes | None:
-    """``tail``'s output as the gevent engine gets it (``processes.run``, in this greenlet)."""
+    """``tail``'s output as the gevent engine gets it (``processes.run_tail``, here)."""
     try:
         return processes.run_tail(tail_argv(path, count), TIMEOUT, LASTLOG_MAX_BYTES).output
     except (processes.TimedOut, processes.TooMuchOutput):
@@ -221,7 +222,7 @@ def main() -> None:
     parser.add_argument("--children", choices=("threads", "guarded", "greenlets"),
                         default="threads",
                         help="lastlog's tail: the stdlib on a pool thread, the same with "
-                             "the spec's guarantees, or the gevent engine's processes.run")
+                             "the spec's guarantees, or the gevent engine's processes.run_tail")
     args = parser.parse_args()
     serve(args.port, args.lastlog_file, args.threads, args.spec, args.quiet, args.log_file,
           args.max_clients, args.children)

@@ -216,15 +216,15 @@ def test_stats_count_configured_commands_by_lower_case_name(programs):
     assert b"\ncommand_record 1\n" in stats
 
 
-def test_the_program_gets_no_stdin_and_its_own_session(programs, tmp_path):
+def test_the_program_gets_no_stdin_and_its_own_process_group(programs, tmp_path):
     path = tmp_path / "more.toml"
-    path.write_text('[commands.who]\nrun = ["sh", "-c", "cat; ps -o sid= -p $$"]\n')
+    path.write_text('[commands.who]\nrun = ["sh", "-c", "cat; echo $$ $(ps -o pgid= -p $$)"]\n')
     server = programs("--config", str(path))
     with server.connect() as sock:
         sock.sendall(b"who\n")
         reply = read_until(sock, b"End who\n")
-    sid = int(reply.split(b"\n")[1])
-    assert sid != os.getsid(server.proc.pid)
+    pid, group = map(int, reply.split(b"\n")[1].split())
+    assert group == pid != os.getpgid(server.proc.pid)
 
 
 def test_at_most_at_once_programs_run_at_the_same_time(start_server, tmp_path):

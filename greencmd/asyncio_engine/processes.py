@@ -2,7 +2,7 @@
 
 ``lastlog`` runs ``tail``, configured commands run their program, ``follow``
 runs ``tail -F``; each child is started without a shell, stdin from /dev/null,
-in its own session (one ``killpg`` reaches all it started), and whatever ends
+in its own process group (one ``killpg`` reaches all it started), and whatever ends
 the coroutine that awaits it (a timeout, a client reset, shutdown: all
 cancellations) its ``finally`` kills the group. asyncio reaps the child.
 Compare ``gevent_engine/processes.py`` and ``twisted_engine/processes.py``.
@@ -16,7 +16,15 @@ import os
 from asyncio.subprocess import DEVNULL, PIPE, Process
 from collections.abc import Awaitable, Callable
 
-from ..core.programs import AT_ONCE, STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
+from ..core.programs import (
+    AT_ONCE,
+    OWN_GROUP,
+    STDERR_KEPT,
+    Finished,
+    TimedOut,
+    TooMuchOutput,
+    kill_process_group,
+)
 
 __all__ = ["start", "run", "run_tail", "read_capped", "read_last", "read_to_end", "drain",
            "kill_group", "CHUNK"]
@@ -27,9 +35,9 @@ _turns: asyncio.Semaphore | None = None
 
 
 async def start(argv: list[str], stderr: int = PIPE) -> Process:
-    """Start ``argv`` (no shell, stdin /dev/null, its own session); raises OSError."""
+    """Start ``argv`` (no shell, stdin /dev/null, its own process group); raises OSError."""
     return await asyncio.create_subprocess_exec(*argv, stdin=DEVNULL, stdout=PIPE,
-                                                stderr=stderr, start_new_session=True)
+                                                stderr=stderr, **OWN_GROUP)
 
 
 async def run(argv: list[str], timeout: float, limit: int) -> Finished:
@@ -178,4 +186,4 @@ async def read_to_end(pipe: asyncio.StreamReader) -> None:
 
 def kill_group(child: Process) -> None:
     """SIGKILL everything in ``child``'s session, the child included; never raises."""
-    kill_session(child.pid)
+    kill_process_group(child.pid)

@@ -1,7 +1,7 @@
 """``gevent.subprocess.Popen``, spawned by the stdlib's C code and awaited on a pidfd.
 
 What it replaces: ``gevent.subprocess.Popen``, for the part of its API greencmd
-uses: ``Popen(args, stdin=..., stdout=PIPE, stderr=PIPE, start_new_session=...)``,
+uses: ``Popen(args, stdin=..., stdout=PIPE, stderr=PIPE, process_group=...)``,
 cooperative ``stdout`` and ``stderr`` (``read()`` waits in this greenlet only), and
 cooperative ``wait(timeout)``, ``poll()``, ``kill()`` and ``returncode``. A
 command reads exactly as it would with gevent's own.

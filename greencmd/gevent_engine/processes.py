@@ -2,7 +2,7 @@
 
 ``lastlog`` runs ``tail``, configured commands run their program, ``follow``
 runs ``tail -F``: each child is started here without a shell, with stdin from
-/dev/null, in its own process session (so one ``killpg`` reaches everything it
+/dev/null, in its own process group (so one ``killpg`` reaches everything it
 started), and whatever happens to the greenlet that waits for it (a timeout,
 a client reset, shutdown) the ``finally`` here kills the group and reaps it.
 """
@@ -14,7 +14,15 @@ from typing import BinaryIO
 import gevent
 from gevent.lock import BoundedSemaphore
 
-from ..core.programs import AT_ONCE, STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
+from ..core.programs import (
+    AT_ONCE,
+    OWN_GROUP,
+    STDERR_KEPT,
+    Finished,
+    TimedOut,
+    TooMuchOutput,
+    kill_process_group,
+)
 
 # gevent.subprocess's API, spawned by the stdlib's faster C code (see the module).
 from .fast_subprocess import DEVNULL, PIPE, Popen
@@ -28,8 +36,8 @@ _turns = BoundedSemaphore(AT_ONCE)
 
 
 def start(argv: list[str], stderr: int = PIPE) -> Popen:
-    """Start ``argv`` (no shell, stdin /dev/null, its own session); raises OSError."""
-    return Popen(argv, stdin=DEVNULL, stdout=PIPE, stderr=stderr, start_new_session=True)
+    """Start ``argv`` (no shell, stdin /dev/null, its own process group); raises OSError."""
+    return Popen(argv, stdin=DEVNULL, stdout=PIPE, stderr=stderr, **OWN_GROUP)
 
 
 def run(argv: list[str], timeout: float, limit: int) -> Finished:
@@ -110,7 +118,7 @@ def read_last(stream: BinaryIO, keep: int) -> bytes:
 
 def kill_group(child: Popen) -> None:
     """SIGKILL everything in ``child``'s session, the child included; never raises."""
-    kill_session(child.pid)
+    kill_process_group(child.pid)
 
 
 def kill_and_reap(child: Popen, readers: list[gevent.Greenlet] = ()) -> None:

@@ -17,7 +17,14 @@ import shutil
 from twisted.internet import defer, error, reactor
 from twisted.internet.protocol import ProcessProtocol
 
-from ..core.programs import AT_ONCE, STDERR_KEPT, Finished, TimedOut, TooMuchOutput, kill_session
+from ..core.programs import (
+    AT_ONCE,
+    STDERR_KEPT,
+    Finished,
+    TimedOut,
+    TooMuchOutput,
+    kill_process_group,
+)
 
 __all__ = ["SETSID", "spawn", "SessionChild", "ChildProtocol", "run"]
 
@@ -27,11 +34,14 @@ _turns = defer.DeferredSemaphore(AT_ONCE)
 
 
 def spawn(child: ProcessProtocol, argv: list[str]) -> None:
-    """Start ``argv`` in a session of its own, as the gevent engine does; raises OSError.
+    """Start ``argv`` in a session (so a process group) of its own; raises OSError.
 
-    Twisted's spawnProcess has no start_new_session, so the child goes through
-    util-linux's ``setsid``, which becomes it. A program that does not exist is
-    reported before that, with the same words as the gevent engine's.
+    Twisted's spawnProcess can give a child neither a process group nor a
+    session, so the child goes through util-linux's ``setsid``, which becomes
+    it. (The other engines make only a process group: a session costs the
+    server a scheduler autogroup per child; docs/performance.md, tenth pass.)
+    A program that does not exist is reported before that, with the same words
+    as the gevent engine's.
     """
     if shutil.which(argv[0]) is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
@@ -61,7 +71,7 @@ class SessionChild(ProcessProtocol):
         except error.ProcessExitedAlready:
             pass
         if self.pid is not None:
-            kill_session(self.pid)
+            kill_process_group(self.pid)
 
 
 class ChildProtocol(SessionChild):
