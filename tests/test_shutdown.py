@@ -110,7 +110,7 @@ def test_a_stop_that_comes_with_clients_already_gone_is_quiet(start_server):
     # SIGTERM: a session the shutdown cancels as it waits may have its client's end in
     # hand already, so the cancel lands after the session ended, on its way out. (asyncio
     # on Python 3.11: the task ended cancelled, and start_server logged an unhandled
-    # error per connection.) Teardown checks the exit status and the log's complaints.
+    # error per connection.)
     server = start_server("--max-clients", "200")
     with stopped(server.proc.pid):
         for _ in range(100):

@@ -45,7 +45,7 @@ async def run(argv: list[str], timeout: float, limit: int) -> Finished:
 
     Raises :class:`TimedOut` after ``timeout`` seconds and :class:`TooMuchOutput`
     past ``limit`` bytes of stdout. Once the child exits, whatever it left in
-    its session is killed: a grandchild holding our pipe must not hold the reply.
+    its process group is killed: a grandchild holding our pipe must not hold the reply.
     """
     return await _run(argv, timeout, limit, _complete)
 
@@ -154,7 +154,7 @@ async def read_last(stream: asyncio.StreamReader, keep: int) -> bytes:
 
 
 #: How long a killed child's pipes are read for their end; whatever holds one open
-#: longer has left the child's session, and is not waited for.
+#: longer has left the child's process group, and is not waited for.
 DRAIN_SECONDS = 1.0
 
 
@@ -185,5 +185,5 @@ async def read_to_end(pipe: asyncio.StreamReader) -> None:
 
 
 def kill_group(child: Process) -> None:
-    """SIGKILL everything in ``child``'s session, the child included; never raises."""
+    """SIGKILL everything in ``child``'s process group, the child included; never raises."""
     kill_process_group(child.pid)

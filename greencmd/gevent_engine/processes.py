@@ -45,7 +45,7 @@ def run(argv: list[str], timeout: float, limit: int) -> Finished:
 
     Raises :class:`TimedOut` after ``timeout`` seconds and :class:`TooMuchOutput`
     past ``limit`` bytes of stdout. Once the child exits, whatever it left
-    running in its session is killed: a grandchild that holds our pipe must not
+    running in its process group is killed: a grandchild that holds our pipe must not
     keep the reply waiting.
     """
     with _turns:
@@ -117,7 +117,7 @@ def read_last(stream: BinaryIO, keep: int) -> bytes:
 
 
 def kill_group(child: Popen) -> None:
-    """SIGKILL everything in ``child``'s session, the child included; never raises."""
+    """SIGKILL everything in ``child``'s process group, the child included; never raises."""
     kill_process_group(child.pid)
 
 
