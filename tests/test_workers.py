@@ -90,6 +90,18 @@ def test_sigterm_drains_every_worker_and_exits_0(workers):
     assert workers.lines[-1].endswith("Main loop terminated.")
 
 
+def test_sigterm_while_the_workers_start_stops_every_one_of_them(tmp_path, engine):
+    """The supervisor says it is starting before it forks its workers: a SIGTERM then
+    lands between forks, or in a worker not yet on its own signal handling."""
+    for attempt in range(5):
+        server = Server(["--engine", engine, "--port", "0", "--workers", "4",
+                         "--log-file", "", "--lastlog-file", os.devnull],
+                        tmp_path, greencmd_env())
+        assert server.stop(timeout=20) == 0, attempt
+        assert server.lines[-1].endswith("Main loop terminated."), attempt
+        assert not server.complaints()
+
+
 def test_sighup_makes_every_worker_reopen_the_log(workers, tmp_path):
     wait_until(lambda: len(worker_pids(workers)) == 2, 15, "two workers")
     workers.wait_for_count("Serving in worker process", 2)  # their handlers are in

@@ -66,16 +66,22 @@ def run_workers(config: ServerConfig, count: int, engine: str = "gevent") -> Non
     listener = listen(config)
     where = (unix_address(config.unix) if config.unix
              else format_address(*listener.getsockname()[:2]))
+    supervisor = Supervisor(config, listener, count, ENGINE_SERVERS[engine])
+    supervisor.handle_signals()  # first: whoever waits for "starting on" may signal at once
     log("greencmd.workers.Supervisor (%d workers) starting on %s" % (count, where))
     for line in startup_lines(config, LastlogSource.choose(config)):
         log(line)
     try:
-        Supervisor(config, listener, count, ENGINE_SERVERS[engine]).run()
+        supervisor.run()
     finally:
         if config.unix:
             remove_socket(config.unix)
     log("Main loop terminated.")
     flush_logs()
+
+
+#: The signals the supervisor handles (and passes on to its workers).
+SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 class Supervisor:
@@ -91,13 +97,18 @@ class Supervisor:
         self.stopping = False
         self.parent = os.getpid()
 
-    def run(self) -> None:
-        """Start the workers, then reap and restart them until told to stop."""
+    def handle_signals(self) -> None:
+        """SIGTERM and SIGINT stop the workers and then the supervisor; SIGHUP reopens
+        the log files here and in every worker."""
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._reopen)
+
+    def run(self) -> None:
+        """Start the workers, then reap and restart them until told to stop."""
         for index in range(self.count):
-            self._start(index)
+            if not self.stopping:
+                self._start(index)
         while self.workers:
             try:
                 pid, status = os.wait()
@@ -119,10 +130,18 @@ class Supervisor:
 
     def _start(self, index: int) -> None:
         flush_logs()  # or the child inherits, and writes again, what is buffered
-        pid = os.fork()
-        if pid == 0:
-            os._exit(self._work(index))
-        self.workers[pid] = (index, time.monotonic())
+        # Signals wait while the worker is forked and recorded: a SIGTERM handled
+        # between fork() and the record would not reach the new worker, and one
+        # reaching the new worker before it drops the supervisor's handlers would
+        # be handled as the supervisor's (seen: a supervisor waiting for ever).
+        signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(self._work(index))
+            self.workers[pid] = (index, time.monotonic())
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
         log("Worker %d started (pid %d)" % (index, pid))
 
     def _work(self, index: int) -> int:
@@ -131,6 +150,7 @@ class Supervisor:
             signal.signal(signum, signal.SIG_DFL)
         # Until the server installs its own handler: a SIGHUP must not kill the worker.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
         if not stop_with_parent(self.parent):
             return 0
         try:
