@@ -14,6 +14,10 @@ the spec's guarantees, the thread way (``floor.py --spec --children guarded``):
 the part of an engine's cost over the floor that any server of the spec pays;
 ``floor-greenlets`` is the floor with ``lastlog``'s child run as the gevent
 engine runs it (``floor.py --children greenlets``).
+``churn-paced`` gives every server the same 5,000 connections per second
+(``greencmd bench churn --rate``): CPU per connection at equal load, where
+``churn`` lets each go as fast as it can, which also changes what the kernel
+charges it for waking the load generator.
 Engines alternate in order from one repetition to the next. Prints the
 machine, the commands, the median of each engine, for each repetition gevent's
 figure over each other engine's, and each engine's server CPU per operation
@@ -47,6 +51,9 @@ SCENARIOS = {
     "pipeline": ("pipeline", ["--quiet"], ["--lines", "10000"], True),
     "churn": ("churn", ["--quiet"], ["-c", "50"], True),
     "churn-logging": ("churn", [], ["-c", "50"], True),
+    # Every server gets the same connections per second: CPU per connection at equal
+    # load, which a saturated run is not (docs/performance.md, "churn at equal load").
+    "churn-paced": ("churn", ["--quiet"], ["-c", "50", "--rate", "5000"], True),
     "lastlog": ("lastlog", ["--quiet"], ["-c", "10"], True),
     "comhash": ("comhash", ["--quiet"], ["-c", "4", "--size-mib", "64"], False),
     "idle": ("idle", ["--quiet"], ["-c", "50", "--idle", "5000"], True),
@@ -241,6 +248,11 @@ def report(names: list[str], results: dict, engines: tuple[str, ...]) -> None:
             for e in engines:
                 print("|  | unknown beside 5,000 idle, %s (replies/s) | %s |"
                       % (e, [round(r["rate"]) for r in runs[e]]))
+        offered = runs["gevent"][0]["extra"].get("offered_per_second")
+        behind = [e for e in engines if offered and medians[e] < 0.97 * offered]
+        if behind:  # its CPU per connection is then a saturated figure, not an equal-load one
+            print("|  | %s could not keep up with %d connections/s | %s |"
+                  % (", ".join(behind), offered, [round(medians[e]) for e in behind]))
 
 
 def plot(sweep: dict, path: str, engines: tuple[str, ...]) -> None:

@@ -34,6 +34,26 @@ def test_every_default_scenario_runs_with_zero_errors(start_server, tmp_path):
     assert b"bench: unknown" in result.stderr  # progress on stderr
 
 
+def test_paced_churn_never_starts_more_connections_than_its_schedule(start_server):
+    server = start_server("--quiet")
+    result = bench(server, "-c", "20", "--rate", "40", "--seconds", "1", "--json", "churn")
+    assert result.returncode == 0, result.stderr
+    churn = json.loads(result.stdout)[0]
+    assert churn["extra"] == {"concurrency": 20, "offered_per_second": 40}
+    assert churn["errors"] == 0 and churn["count"] > 0
+    # As fast as it can, the server ends thousands a second; the schedule allows 40
+    # in the first second (and one at its start).
+    assert churn["count"] <= 41
+
+
+@pytest.mark.parametrize("rate", ["0", "-5", "many"])
+def test_a_rate_that_is_not_a_positive_number_is_one_sentence_exit_2(start_server, rate):
+    server = start_server("--quiet")
+    result = bench(server, "--rate", rate, "churn")
+    assert result.returncode == 2
+    assert b"Traceback" not in result.stderr and b"--rate" in result.stderr
+
+
 def test_table_for_people(start_server):
     server = start_server("--quiet")
     result = bench(server, "-c", "2", "unknown")
@@ -62,10 +82,13 @@ def test_idle_scenario_reads_server_memory(start_server):
     assert "rss_kib_per_session" in r["extra"]
 
 
-def test_unreachable_server_is_one_sentence(server):
-    port = server.port
-    assert server.stop() == 0
-    result = run_greencmd("bench", "--port", str(port), "unknown")
+def test_unreachable_server_is_one_sentence():
+    # Bound but not listening: a connect is refused, and no other test's server can
+    # take the port meanwhile (a stopped server's port could be given to one).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        result = run_greencmd("bench", "--port", str(port), "unknown")
     assert result.returncode == 3  # as the client: the server cannot be reached
     assert result.stderr.splitlines()[-1] == (
         b"greencmd: unknown: cannot reach 127.0.0.1:%d: connection refused" % port)

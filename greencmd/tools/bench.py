@@ -268,10 +268,21 @@ def _exchange(sock: socket.socket, request: bytes, size: int) -> bytes:
 
 
 def churn(address, options) -> Result:
-    """Connect, send ``exit``, wait for the server to close; C at a time."""
-    result = Result("churn", "connections/s", extra={"concurrency": options.connections})
+    """Connect, send ``exit``, wait for the server to close; C at a time.
+
+    With ``--rate``, a new connection starts only when the schedule says
+    (``rate`` per second, still at most C at a time): every server then gets the
+    same load, and its CPU per connection is compared at equal work. Without
+    it, each connection that ends starts the next at once (the server's rate).
+    """
+    rate = options.rate
+    extra = {"concurrency": options.connections}
+    if rate:
+        extra["offered_per_second"] = rate
+    result = Result("churn", "connections/s", extra=extra)
     poller = select.epoll()
     live: dict[int, socket.socket] = {}
+    opened = 0
 
     def open_one() -> None:
         sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
@@ -284,12 +295,21 @@ def churn(address, options) -> Result:
         live[sock.fileno()] = sock
         poller.register(sock.fileno(), select.EPOLLOUT)
 
+    def top_up(now: float) -> float:
+        """Open the connections due by ``now``; how long until the next is due."""
+        nonlocal opened
+        while len(live) < options.connections:
+            if rate and opened >= (now - start) * rate:
+                return (opened / rate + start) - now
+            open_one()
+            opened += 1
+        return 0.5
+
     start = time.perf_counter()
     deadline = start + options.seconds
-    for _ in range(options.connections):
-        open_one()
-    while live and time.perf_counter() < deadline:
-        for fd, events in poller.poll(0.5):
+    while (now := time.perf_counter()) < deadline:
+        wait = top_up(now)
+        for fd, events in poller.poll(min(wait, 0.5)):
             sock = live[fd]
             if events & select.EPOLLOUT:
                 poller.modify(fd, select.EPOLLIN)
@@ -309,7 +329,7 @@ def churn(address, options) -> Result:
             poller.unregister(fd)
             del live[fd]
             sock.close()
-            open_one()
+            top_up(time.perf_counter())  # unpaced: the next connection starts at once
     for sock in live.values():
         sock.close()
     poller.close()

@@ -536,6 +536,9 @@ compare.help = compare.help.format(names=textwrap.fill(
               help="Connections (unknown, churn), or clients (comhash, lastlog).")
 @click.option("--seconds", "-s", default=5.0, type=click.FloatRange(0.1), show_default=True,
               help="How long each scenario runs.")
+@click.option("--rate", default=None, type=click.FloatRange(1), metavar="N",
+              help="churn: start N connections per second (at most --connections at once) "
+                   "instead of each as the last ends, so servers are compared at equal load.")
 @click.option("--lines", default=10000, type=click.IntRange(1), show_default=True,
               help="Lines per write in the pipeline scenario.")
 @click.option("--size-mib", default=64, type=click.IntRange(1), show_default=True,
