@@ -1,5 +1,8 @@
 """The server log: Twisted's format, escaping, files, SIGHUP, --quiet."""
 
+import io
+import json
+import logging
 import re
 import signal
 import socket
@@ -180,6 +183,38 @@ def test_log_writes_are_whole_lines_of_at_most_pipe_buf_bytes(char):
         if logs.line_bytes(piece) > logs.PIPE_BUF:  # only a line that long alone
             assert piece.count("\n") == 1 and len(piece) > logs.PIPE_BUF // 6
     assert len(written) < len(lengths)  # short lines do share a write
+
+
+@pytest.mark.parametrize("json_lines", [False, True])
+def test_someone_elses_handler_gets_a_record_per_line_and_ours_the_line(json_lines):
+    """An application embedding greencmd may add its own handler to the logger."""
+    stdout = io.StringIO()
+    logs.setup_logging(None, stream=stdout)
+    logs.use_json_lines(json_lines)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger(logs.LOGGER_NAME).addHandler(handler)
+    try:
+        logs.log_connection("192.0.2.7")
+        logs.log_lost(logs.CLEAN, logs.session_name(3, "192.0.2.7"))
+        logs.flush_logs()
+    finally:
+        logs.use_json_lines(False)
+        logs.setup_logging(None, stream=io.StringIO())
+    assert [(r.system, r.getMessage()) for r in records] == [
+        ("CommandServer", "Client connection from 192.0.2.7"),
+        ("CmdSession,3,192.0.2.7",
+         "Lost client connection. Reason: Connection was closed cleanly.")]
+    assert records[0].created <= records[1].created
+    lines = stdout.getvalue().splitlines()
+    assert len(lines) == 2  # once each: our own handler is not given the records too
+    if json_lines:
+        assert [json.loads(line)["event"] for line in lines] == ["connect", "session_end"]
+    else:
+        assert all(LINE.match(line) for line in lines)
+        assert lines[1].endswith("[CmdSession,3,192.0.2.7] Lost client connection. Reason: "
+                                 "Connection was closed cleanly.")
 
 
 def test_log_max_size_0_never_rotates(start_server, tmp_path):

@@ -58,20 +58,17 @@ class TwistedFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """``YYYY-MM-DD HH:MM:SS+ZZZZ [system] message``."""
-        entry = (record.created, getattr(record, "system", LIFECYCLE), record.getMessage())
-        return self.lines([entry])[:-1]
+        return self.line(record.created, getattr(record, "system", LIFECYCLE),
+                         record.getMessage())[:-1]
 
-    def lines(self, entries: list[tuple]) -> str:
-        """The log lines of ``entries``, (time, system, message, ...) each, as one text."""
-        parts = []
-        for entry in entries:
-            second = int(entry[0])
-            # One strftime per second, not per line: it dominates a busy log otherwise.
-            if second != self._second:
-                self._second = second
-                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S%z", time.localtime(second))
-            parts.append(f"{self._stamp} [{entry[1]}] {entry[2]}\n")
-        return "".join(parts)
+    def line(self, created: float, system: str, message: str) -> str:
+        """The log line of ``message`` said by ``system`` at ``created``, with its LF."""
+        second = int(created)
+        # One strftime per second, not per line: it dominates a busy log otherwise.
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S%z", time.localtime(second))
+        return f"{self._stamp} [{system}] {message}\n"
 
 
 #: Longest a log line waits in a buffer once the engine's timer is installed.
@@ -166,18 +163,20 @@ class BufferedStreamHandler(logging.StreamHandler):
 
 
 class Flusher:
-    """Writes what :func:`log` was given, FLUSH_DELAY after the first line not yet written.
+    """Writes the lines :func:`log` made, FLUSH_DELAY after the first one not yet written.
 
-    :func:`log` only notes the time, the words and who speaks; the lines are
-    formatted here, in one batch: a session's path pays for a tuple, not for
-    formatting and a call per handler (measured under connection churn).
+    A session's path pays for its line, not for a write() and a call per
+    handler: the lines wait here and go out in one batch (measured under
+    connection churn). They wait as strings, which the garbage collector never
+    looks at: a tuple per line, kept until the flush, made the collector run
+    every few hundred connections (docs/performance.md).
     """
 
     def __init__(self) -> None:
         self.schedule: Schedule | None = None
         self.cancel: Callable[[], object] | None = None  # the pending flush's
-        #: (time, system, message, event, level, fields) per line not yet written
-        self.entries: list[tuple] = []
+        #: Each line not yet written, with its LF.
+        self.lines: list[str] = []
 
     def start(self) -> None:
         """Called for the first line not yet written: flush FLUSH_DELAY later, or now
@@ -192,23 +191,14 @@ class Flusher:
         self.flush()
 
     def flush(self) -> None:
-        """Format and write every line noted so far (a flush already scheduled still comes)."""
-        if not self.entries:
+        """Write every line made so far (a flush already scheduled still comes)."""
+        if not self.lines:
             return
-        entries, self.entries = self.entries, []
-        if _json_lines:
-            text = "".join([json_line(*entry) + "\n" for entry in entries])
-        else:
-            text = _formatter.lines(entries)
+        lines, self.lines = self.lines, []  # one step: a signal handler may log meanwhile
+        text = "".join(lines)
         for handler in _logger.handlers:
             if isinstance(handler, BufferedStreamHandler):
                 handler.write_text(text)
-            else:  # someone else's handler: a record per line, as logging makes them
-                for created, system, message, *_ in entries:
-                    record = _logger.makeRecord(LOGGER_NAME, logging.INFO, "", 0, message,
-                                                None, None, extra={"system": system})
-                    record.created = created
-                    handler.handle(record)
 
     def stop(self) -> None:
         """Flush now, cancel the pending flush, and flush each line at once from now on."""
@@ -336,11 +326,15 @@ def setup_logging(log_file: str | None, stream: TextIO | None = None, max_bytes:
     for handler in handlers:
         handler.setFormatter(formatter)
         logger.addHandler(handler)
+    global _own_handlers
+    _own_handlers = len(handlers)
     return file_handler
 
 
 _logger = logging.getLogger(LOGGER_NAME)
 _formatter = TwistedFormatter()
+#: How many handlers on the logger are greencmd's own (set up by setup_logging).
+_own_handlers = 0
 
 
 #: Other files a SIGHUP reopens (the audit log): each a function that reopens its
@@ -368,15 +362,34 @@ def log(message: str, system: str = LIFECYCLE, event: str = "server", level: str
     """Log one line as ``system``: ``message`` in the text format; with ``--log-format
     json``, an object of ``event``, ``level``, ``fields`` and the message.
 
-    The line is formatted and written by the :class:`Flusher`, at most
-    FLUSH_DELAY later: a LogRecord per line (and the caller lookup Logger.info()
-    does) costs more than answering a command. Any other handler gets a record
-    per line then. All logging happens on the event loop's thread.
+    The line is written by the :class:`Flusher`, at most FLUSH_DELAY later: a
+    LogRecord per line (and the caller lookup Logger.info() does) costs more
+    than answering a command. Someone else's handler on the ``greencmd`` logger
+    gets a record at once, as ``logging`` would give it. All logging happens on
+    the event loop's thread.
     """
+    created = time.time()
+    if _json_lines:
+        line = json_line(created, system, message, event, level, fields) + "\n"
+    else:
+        line = _formatter.line(created, system, message)
     flusher = _flusher
-    flusher.entries.append((time.time(), system, message, event, level, fields))
+    flusher.lines.append(line)
     if flusher.cancel is None:  # no flush pending
         flusher.start()
+    if len(_logger.handlers) > _own_handlers:
+        emit_record(created, system, message)
+
+
+def emit_record(created: float, system: str, message: str) -> None:
+    """Give a record of the line to each handler on the ``greencmd`` logger that is not
+    greencmd's own (its own get the line from the :class:`Flusher`)."""
+    record = _logger.makeRecord(LOGGER_NAME, logging.INFO, "", 0, message, None, None,
+                                extra={"system": system})
+    record.created = created
+    for handler in _logger.handlers:
+        if not isinstance(handler, BufferedStreamHandler):
+            handler.handle(record)
 
 
 class RateLimit:
