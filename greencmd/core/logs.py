@@ -25,7 +25,8 @@ from .protocol import error, printable
 __all__ = ["LOGGER_NAME", "TwistedFormatter", "LogFileHandler", "default_log_file",
            "setup_logging", "log", "reopen_log_files", "reopen_on_sighup", "session_name",
            "log_connection", "log_lost", "log_request", "internal_error", "install_flush_timer",
-           "flush_logs", "AcceptFailureLog", "RateLimit", "use_json_lines", "json_line"]
+           "flush_logs", "emit_record", "AcceptFailureLog", "RateLimit", "use_json_lines",
+           "json_line"]
 
 LOGGER_NAME = "greencmd"
 LIFECYCLE = "-"
