@@ -75,6 +75,18 @@ def test_a_killed_worker_is_started_again(workers):
     assert workers.talk(b"help\n") == HELP
 
 
+def test_sigterm_while_a_worker_waits_to_be_started_again_starts_none(workers):
+    wait_until(lambda: len(worker_pids(workers)) == 2, 15, "two workers")
+    victim = worker_pids(workers)[0]
+    os.kill(victim, signal.SIGKILL)
+    # A worker that dies within a second of its start waits that second to restart.
+    workers.wait_for_log(lambda line: "(pid %d) exited with status -9" % victim in line)
+    assert workers.stop() == 0
+    stop = next(i for i, line in enumerate(workers.lines) if "Stopping" in line)
+    assert not [line for line in workers.lines[stop:] if "started (pid" in line]
+    assert workers.lines[-1].endswith("Main loop terminated.")
+
+
 def test_sigterm_drains_every_worker_and_exits_0(workers):
     wait_until(lambda: len(worker_pids(workers)) == 2, 15, "two workers")
     workers.wait_for_count("Worker", 2)

@@ -107,8 +107,7 @@ class Supervisor:
     def run(self) -> None:
         """Start the workers, then reap and restart them until told to stop."""
         for index in range(self.count):
-            if not self.stopping:
-                self._start(index)
+            self._start(index)
         while self.workers:
             try:
                 pid, status = os.wait()
@@ -124,18 +123,21 @@ class Supervisor:
                 % (index, pid, os.waitstatus_to_exitcode(status)))
             if time.monotonic() - started < RESTART_BACKOFF:
                 time.sleep(RESTART_BACKOFF)
-            if not self.stopping:
-                self._start(index)
+            self._start(index)
         ignore_server_signals()  # exiting: a late signal must not turn status 0 into death
 
     def _start(self, index: int) -> None:
+        """Fork worker ``index``, unless the supervisor is stopping."""
         flush_logs()  # or the child inherits, and writes again, what is buffered
         # Signals wait while the worker is forked and recorded: a SIGTERM handled
-        # between fork() and the record would not reach the new worker, and one
-        # reaching the new worker before it drops the supervisor's handlers would
-        # be handled as the supervisor's (seen: a supervisor waiting for ever).
+        # between the check and fork(), or between fork() and the record, would not
+        # reach the new worker, and one reaching the new worker before it drops the
+        # supervisor's handlers would be handled as the supervisor's (seen: a
+        # supervisor waiting for ever).
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
         try:
+            if self.stopping:
+                return
             pid = os.fork()
             if pid == 0:
                 os._exit(self._work(index))
