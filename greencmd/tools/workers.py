@@ -80,8 +80,13 @@ def run_workers(config: ServerConfig, count: int, engine: str = "gevent") -> Non
     flush_logs()
 
 
-#: The signals the supervisor handles (and passes on to its workers).
-SUPERVISOR_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+#: What the supervisor waits for: its workers' ends (SIGCHLD) and the signals it
+#: passes on to them. They stay blocked in the supervisor and are taken one at a
+#: time by sigwaitinfo(): a handler, run by Python between two bytecodes, could
+#: run just before a wait for a child began, and the wait would not end for it
+#: (seen: a SIGTERM right after the start-up lines left the supervisor waiting
+#: for ever, one run in a dozen).
+WAITED_FOR = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
 
 
 class Supervisor:
@@ -98,21 +103,34 @@ class Supervisor:
         self.parent = os.getpid()
 
     def handle_signals(self) -> None:
-        """SIGTERM and SIGINT stop the workers and then the supervisor; SIGHUP reopens
-        the log files here and in every worker."""
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        signal.signal(signal.SIGHUP, self._reopen)
+        """From now on SIGTERM, SIGINT, SIGHUP and SIGCHLD wait for :meth:`run`."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, WAITED_FOR)
 
     def run(self) -> None:
-        """Start the workers, then reap and restart them until told to stop."""
+        """Start the workers, then until told to stop: restart those that die, pass
+        SIGHUP on; SIGTERM or SIGINT stops them all, and it returns once they ended."""
         for index in range(self.count):
             self._start(index)
         while self.workers:
+            signum = signal.sigwaitinfo(WAITED_FOR).si_signo
+            if signum == signal.SIGCHLD:
+                self._reap()
+            elif signum == signal.SIGHUP:
+                reopen_log_files()
+                self._signal_all(signal.SIGHUP)
+            else:
+                self._stop()
+        ignore_server_signals()  # exiting: a late signal must not turn status 0 into death
+
+    def _reap(self) -> None:
+        """Collect every worker that ended; start it again unless stopping."""
+        while True:
             try:
-                pid, status = os.wait()
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                break
+                return
+            if pid == 0:
+                return
             index, started = self.workers.pop(pid, (None, 0.0))
             if index is None:
                 continue
@@ -122,28 +140,18 @@ class Supervisor:
             log("Worker %d (pid %d) exited with status %d; starting it again"
                 % (index, pid, os.waitstatus_to_exitcode(status)))
             if time.monotonic() - started < RESTART_BACKOFF:
-                time.sleep(RESTART_BACKOFF)
+                time.sleep(RESTART_BACKOFF)  # a SIGTERM meanwhile is taken after it
             self._start(index)
-        ignore_server_signals()  # exiting: a late signal must not turn status 0 into death
 
     def _start(self, index: int) -> None:
         """Fork worker ``index``, unless the supervisor is stopping."""
+        if self.stopping:
+            return
         flush_logs()  # or the child inherits, and writes again, what is buffered
-        # Signals wait while the worker is forked and recorded: a SIGTERM handled
-        # between the check and fork(), or between fork() and the record, would not
-        # reach the new worker, and one reaching the new worker before it drops the
-        # supervisor's handlers would be handled as the supervisor's (seen: a
-        # supervisor waiting for ever).
-        signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
-        try:
-            if self.stopping:
-                return
-            pid = os.fork()
-            if pid == 0:
-                os._exit(self._work(index))
-            self.workers[pid] = (index, time.monotonic())
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(self._work(index))
+        self.workers[pid] = (index, time.monotonic())
         log("Worker %d started (pid %d)" % (index, pid))
 
     def _work(self, index: int) -> int:
@@ -152,7 +160,7 @@ class Supervisor:
             signal.signal(signum, signal.SIG_DFL)
         # Until the server installs its own handler: a SIGHUP must not kill the worker.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED_FOR)  # blocked in the supervisor
         if not stop_with_parent(self.parent):
             return 0
         try:
@@ -166,15 +174,11 @@ class Supervisor:
         finally:
             flush_logs()
 
-    def _stop(self, signum: int, frame: object) -> None:
+    def _stop(self) -> None:
         if not self.stopping:
             log("Stopping %d workers" % len(self.workers))
         self.stopping = True
         self._signal_all(signal.SIGTERM)
-
-    def _reopen(self, signum: int, frame: object) -> None:
-        reopen_log_files()
-        self._signal_all(signal.SIGHUP)
 
     def _signal_all(self, signum: int) -> None:
         for pid in list(self.workers):
