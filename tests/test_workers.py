@@ -75,11 +75,12 @@ def test_a_killed_worker_is_started_again(workers):
     assert workers.talk(b"help\n") == HELP
 
 
-def test_sigterm_while_a_worker_waits_to_be_started_again_starts_none(workers):
+def test_sigterm_while_a_worker_waits_to_be_started_again_stops_them_all(workers):
     wait_until(lambda: len(worker_pids(workers)) == 2, 15, "two workers")
     victim = worker_pids(workers)[0]
     os.kill(victim, signal.SIGKILL)
-    # A worker that dies within a second of its start waits that second to restart.
+    # A worker that dies within a second of its start waits that second to restart;
+    # the SIGTERM is taken after it, and no worker may start once it has been.
     workers.wait_for_log(lambda line: "(pid %d) exited with status -9" % victim in line)
     assert workers.stop() == 0
     stop = next(i for i, line in enumerate(workers.lines) if "Stopping" in line)
