@@ -27,7 +27,6 @@ from ..core.settings import (
     ServerConfig,
     format_address,
 )
-from ..core.signals import ignore_server_signals
 from ..core.startup import startup_lines
 
 __all__ = ["run_workers"]
@@ -67,7 +66,7 @@ def run_workers(config: ServerConfig, count: int, engine: str = "gevent") -> Non
     where = (unix_address(config.unix) if config.unix
              else format_address(*listener.getsockname()[:2]))
     supervisor = Supervisor(config, listener, count, ENGINE_SERVERS[engine])
-    supervisor.handle_signals()  # first: whoever waits for "starting on" may signal at once
+    supervisor.hold_signals()  # first: whoever waits for "starting on" may signal at once
     log("greencmd.workers.Supervisor (%d workers) starting on %s" % (count, where))
     for line in startup_lines(config, LastlogSource.choose(config)):
         log(line)
@@ -102,8 +101,10 @@ class Supervisor:
         self.stopping = False
         self.parent = os.getpid()
 
-    def handle_signals(self) -> None:
-        """From now on SIGTERM, SIGINT, SIGHUP and SIGCHLD wait for :meth:`run`."""
+    def hold_signals(self) -> None:
+        """From now on SIGTERM, SIGINT, SIGHUP and SIGCHLD wait for :meth:`run` to take
+        them; past it, until the supervisor exits (a late one cannot turn status 0 into
+        death)."""
         signal.pthread_sigmask(signal.SIG_BLOCK, WAITED_FOR)
 
     def run(self) -> None:
@@ -120,7 +121,6 @@ class Supervisor:
                 self._signal_all(signal.SIGHUP)
             else:
                 self._stop()
-        ignore_server_signals()  # exiting: a late signal must not turn status 0 into death
 
     def _reap(self) -> None:
         """Collect every worker that ended; start it again unless stopping."""
