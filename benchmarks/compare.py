@@ -17,7 +17,9 @@ engine runs it (``floor.py --children greenlets``).
 ``churn-paced`` gives every server the same 5,000 connections per second
 (``greencmd bench churn --rate``): CPU per connection at equal load, where
 ``churn`` lets each go as fast as it can, which also changes what the kernel
-charges it for waking the load generator.
+charges it for waking the load generator; ``churn-busy`` lets each go as fast
+as it can with a load generator that never sleeps (``--busy-poll``), so no
+server is charged for waking it.
 Engines alternate in order from one repetition to the next. Prints the
 machine, the commands, the median of each engine, for each repetition gevent's
 figure over each other engine's, and each engine's server CPU per operation
@@ -54,6 +56,9 @@ SCENARIOS = {
     # Every server gets the same connections per second: CPU per connection at equal
     # load, which a saturated run is not (docs/performance.md, "churn at equal load").
     "churn-paced": ("churn", ["--quiet"], ["-c", "50", "--rate", "5000"], True),
+    # The load generator never sleeps, so no server pays for waking it at each close
+    # (loopback): each server's own work (docs/performance.md, "twelfth pass").
+    "churn-busy": ("churn", ["--quiet"], ["-c", "50", "--busy-poll"], True),
     "lastlog": ("lastlog", ["--quiet"], ["-c", "10"], True),
     "comhash": ("comhash", ["--quiet"], ["-c", "4", "--size-mib", "64"], False),
     "idle": ("idle", ["--quiet"], ["-c", "50", "--idle", "5000"], True),

@@ -46,6 +46,42 @@ def test_paced_churn_never_starts_more_connections_than_its_schedule(start_serve
     assert churn["count"] <= 41
 
 
+def states_while_churning(server, *args: str) -> str:
+    """The state letters (/proc/PID/stat) of a paced churn, sampled 20 times once it runs."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "greencmd", "bench", "--port", str(server.port), "--seconds",
+         "3", "-c", "20", "--rate", "40", "--json", *args, "churn"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=greencmd_env())
+    try:
+        assert b"bench: churn" in proc.stderr.readline()  # the loop starts now
+        states = ""
+        for _ in range(20):
+            time.sleep(0.05)
+            with open("/proc/%d/stat" % proc.pid) as f:
+                states += f.read().rsplit(")", 1)[1].split()[0]
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    churn = json.loads(out)[0]
+    assert proc.returncode == 0 and churn["errors"] == 0 and churn["count"] > 0, churn
+    assert churn["count"] <= 3 * 40 + 1  # busy or not, the schedule holds
+    assert churn["extra"].get("busy_poll", False) is ("--busy-poll" in args)
+    return states
+
+
+@pytest.mark.engines("gevent")  # the load generator's behaviour: any server will do
+def test_busy_poll_never_sleeps_and_says_so(start_server):
+    server = start_server("--quiet")
+    # Paced at 40 a second, the load generator has nothing to do 99% of the time:
+    # it sleeps (S) in epoll_wait, unless it busy-polls, when it is always running
+    # or waiting for a CPU (R).
+    asleep = states_while_churning(server)
+    busy = states_while_churning(server, "--busy-poll")
+    assert asleep.count("S") >= 15, asleep
+    assert busy.count("R") >= 16, busy
+
+
 @pytest.mark.parametrize("rate", ["0", "-5", "many"])
 def test_a_rate_that_is_not_a_positive_number_is_one_sentence_exit_2(start_server, rate):
     server = start_server("--quiet")

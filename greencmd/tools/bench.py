@@ -274,11 +274,21 @@ def churn(address, options) -> Result:
     (``rate`` per second, still at most C at a time): every server then gets the
     same load, and its CPU per connection is compared at equal work. Without
     it, each connection that ends starts the next at once (the server's rate).
+
+    With ``--busy-poll``, this process polls without ever sleeping. On loopback
+    the server's ``close()`` delivers its FIN in the server's own system call,
+    and waking a load generator asleep in ``epoll_wait`` is then paid from the
+    server's CPU time, more often the slower the server (docs/performance.md);
+    a load generator that never sleeps needs no waking, so each server is
+    charged for its own work only.
     """
     rate = options.rate
-    extra = {"concurrency": options.connections}
+    timeout_cap = 0.0 if options.busy_poll else 0.5
+    extra: dict[str, object] = {"concurrency": options.connections}
     if rate:
         extra["offered_per_second"] = rate
+    if options.busy_poll:
+        extra["busy_poll"] = True
     result = Result("churn", "connections/s", extra=extra)
     poller = select.epoll()
     live: dict[int, socket.socket] = {}
@@ -309,7 +319,7 @@ def churn(address, options) -> Result:
     deadline = start + options.seconds
     while (now := time.perf_counter()) < deadline:
         wait = top_up(now)
-        for fd, events in poller.poll(min(wait, 0.5)):
+        for fd, events in poller.poll(min(wait, timeout_cap)):
             sock = live[fd]
             if events & select.EPOLLOUT:
                 poller.modify(fd, select.EPOLLIN)

@@ -539,6 +539,9 @@ compare.help = compare.help.format(names=textwrap.fill(
 @click.option("--rate", default=None, type=click.FloatRange(1), metavar="N",
               help="churn: start N connections per second (at most --connections at once) "
                    "instead of each as the last ends, so servers are compared at equal load.")
+@click.option("--busy-poll", is_flag=True,
+              help="churn: poll without ever sleeping, so that a server on the same host "
+                   "is not charged for waking this process at each close (loopback).")
 @click.option("--lines", default=10000, type=click.IntRange(1), show_default=True,
               help="Lines per write in the pipeline scenario.")
 @click.option("--size-mib", default=64, type=click.IntRange(1), show_default=True,
