@@ -98,6 +98,8 @@ class Supervisor:
         self.listener = listener
         self.count = count
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
+        #: Workers waiting out their restart back-off: index -> when to start it.
+        self.restarts: dict[int, float] = {}
         self.stopping = False
         self.parent = os.getpid()
 
@@ -112,9 +114,11 @@ class Supervisor:
         SIGHUP on; SIGTERM or SIGINT stops them all, and it returns once they ended."""
         for index in range(self.count):
             self._start(index)
-        while self.workers:
-            signum = signal.sigwaitinfo(WAITED_FOR).si_signo
-            if signum == signal.SIGCHLD:
+        while self.workers or self.restarts:
+            signum = self._next_signal()
+            if signum is None:
+                self._start_due()
+            elif signum == signal.SIGCHLD:
                 self._reap()
             elif signum == signal.SIGHUP:
                 reopen_log_files()
@@ -122,8 +126,25 @@ class Supervisor:
             else:
                 self._stop()
 
+    def _next_signal(self) -> int | None:
+        """Wait for the next signal and take it; None if a restart falls due first."""
+        if not self.restarts:
+            return signal.sigwaitinfo(WAITED_FOR).si_signo
+        wait = max(0.0, min(self.restarts.values()) - time.monotonic())
+        taken = signal.sigtimedwait(WAITED_FOR, wait)
+        return None if taken is None else taken.si_signo
+
+    def _start_due(self) -> None:
+        """Start the workers whose restart back-off is over."""
+        now = time.monotonic()
+        for index, due in list(self.restarts.items()):
+            if due <= now:
+                del self.restarts[index]
+                self._start(index)
+
     def _reap(self) -> None:
-        """Collect every worker that ended; start it again unless stopping."""
+        """Collect every worker that ended; unless stopping, start it again, a back-off
+        later if it died soon after its start."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -137,11 +158,17 @@ class Supervisor:
             if self.stopping:
                 log("Worker %d (pid %d) stopped" % (index, pid))
                 continue
-            log("Worker %d (pid %d) exited with status %d; starting it again"
-                % (index, pid, os.waitstatus_to_exitcode(status)))
-            if time.monotonic() - started < RESTART_BACKOFF:
-                time.sleep(RESTART_BACKOFF)  # a SIGTERM meanwhile is taken after it
-            self._start(index)
+            exit_status = os.waitstatus_to_exitcode(status)
+            if time.monotonic() - started >= RESTART_BACKOFF:
+                log("Worker %d (pid %d) exited with status %d; starting it again"
+                    % (index, pid, exit_status))
+                self._start(index)
+                continue
+            # Meanwhile the supervisor goes on taking signals: a SIGTERM ends the wait.
+            log("Worker %d (pid %d) exited with status %d within %g s of its start; "
+                "starting it again in %g s" % (index, pid, exit_status, RESTART_BACKOFF,
+                                               RESTART_BACKOFF))
+            self.restarts[index] = time.monotonic() + RESTART_BACKOFF
 
     def _start(self, index: int) -> None:
         """Fork worker ``index``, unless the supervisor is stopping."""
@@ -178,6 +205,7 @@ class Supervisor:
         if not self.stopping:
             log("Stopping %d workers" % len(self.workers))
         self.stopping = True
+        self.restarts.clear()  # a worker waiting to be started again is not started
         self._signal_all(signal.SIGTERM)
 
     def _signal_all(self, signum: int) -> None:
