@@ -146,7 +146,7 @@ PAIRS = [
          "and the refusals in progress, stop accepting, so a flood waits in the kernel.",
          "gevent costs more here: its own way is one line, spawn=Pool(n), but the engine "
          "uses BoundedServer (shown), the same bound for 9 percent fewer instructions per "
-         "short connection. asyncio has no public way to stop accepting: it takes a flood "
+         "short connection. asyncio's start_server has no way to stop accepting: it takes a flood "
          "until descriptors run out. Twisted stops reading at the bound but accepts in "
          "batches, so it may take a batch more.",
          _engines("server.py", ("CommandServer.serve_session",),
