@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
-__all__ = ["BindError", "cannot_listen", "describe_os_error", "duration"]
+__all__ = ["BindError", "cannot_listen", "describe_os_error", "duration", "OUT_OF_DESCRIPTORS",
+           "EXHAUSTED_PAUSE"]
+
+#: accept() errors that mean "out of descriptors or memory for now", not a bug.
+OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: How long accepting pauses after such an error (open sessions go on meanwhile).
+EXHAUSTED_PAUSE = 0.1
 
 
 class BindError(Exception):

@@ -15,11 +15,11 @@ import socket
 import stat
 import struct
 
-from .errors import BindError, describe_os_error
-from .settings import BACKLOG
+from .errors import BindError, cannot_listen, describe_os_error
+from .settings import BACKLOG, format_address
 
-__all__ = ["unix_address", "clear_stale_socket", "listen_unix", "remove_socket", "peer_name",
-           "listening_on"]
+__all__ = ["unix_address", "clear_stale_socket", "listen_unix", "listen_tcp", "remove_socket",
+           "peer_name", "listening_on"]
 
 
 def unix_address(path: str) -> str:
@@ -72,6 +72,22 @@ def listen_unix(path: str, mode: int) -> socket.socket:
                                                      describe_os_error(exc))) from None
     sock.setblocking(False)
     return sock
+
+
+def listen_tcp(host: str, port: int) -> socket.socket:
+    """A non-blocking listening TCP socket on ``host``'s first address; raises BindError.
+
+    Non-blocking, as every reader of it waits in its event loop: with ``--workers``
+    each worker wakes for a new connection and one wins, and the others must get
+    EAGAIN from accept(), not block their loop in it.
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
+    except OSError as exc:
+        raise cannot_listen(format_address(host, port), exc) from None
+    listener.setblocking(False)
+    return listener
 
 
 def remove_socket(path: str) -> None:

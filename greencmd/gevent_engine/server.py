@@ -8,7 +8,6 @@ log reopening on SIGHUP, and the log itself.
 
 from __future__ import annotations
 
-import errno
 import gc
 import os
 import signal
@@ -20,7 +19,7 @@ import gevent
 from gevent.event import Event
 
 from ..core import protocol
-from ..core.errors import cannot_listen, describe_os_error
+from ..core.errors import EXHAUSTED_PAUSE, OUT_OF_DESCRIPTORS, cannot_listen, describe_os_error
 from ..core.listeners import listen_unix, listening_on, peer_name, remove_socket
 from ..core.logs import (
     REFUSED,
@@ -52,12 +51,6 @@ from .session import Session, ShuttingDown
 from .tls import tls_context, tls_handshake
 
 __all__ = ["CommandServer", "run", "start_log_flushing", "configure_gevent"]
-
-
-#: accept() errors that mean "out of descriptors or memory for now", not a bug.
-OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-#: How long accepting pauses after such an error.
-EXHAUSTED_PAUSE = 0.1
 
 
 class CommandServer(BoundedServer):

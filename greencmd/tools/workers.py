@@ -18,15 +18,10 @@ import socket
 import sys
 import time
 
-from ..core.errors import cannot_listen
-from ..core.listeners import listen_unix, remove_socket, unix_address
+from ..core.listeners import listen_tcp, listen_unix, remove_socket, unix_address
 from ..core.logs import flush_logs, log, reopen_log_files
 from ..core.logtail import LastlogSource
-from ..core.settings import (
-    BACKLOG,
-    ServerConfig,
-    format_address,
-)
+from ..core.settings import ServerConfig, format_address
 from ..core.startup import startup_lines
 
 __all__ = ["run_workers"]
@@ -42,17 +37,7 @@ def listen(config: ServerConfig) -> socket.socket:
     """A listening socket for ``config``; raises BindError."""
     if config.unix:
         return listen_unix(config.unix, config.unix_mode)
-    address = format_address(config.host, config.port)
-    try:
-        family = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)[0][0]
-        listener = socket.create_server((config.host, config.port), family=family,
-                                        backlog=BACKLOG)
-    except OSError as exc:
-        raise cannot_listen(address, exc) from None
-    # Every worker wakes for a new connection and one wins: the others must get
-    # EAGAIN from accept(), not block their event loop in it.
-    listener.setblocking(False)
-    return listener
+    return listen_tcp(config.host, config.port)
 
 
 #: The engines that can serve on a socket the supervisor bound: their server modules.
