@@ -132,16 +132,16 @@ def test_sessions_freed_after_a_burst_of_clients_leave(start_server):
     open_session(server).close()
 
 
-@pytest.mark.engines("gevent")
+@pytest.mark.engines("gevent", "asyncio")
 def test_a_flood_past_the_bound_waits_in_the_listen_queue_then_is_refused(start_server):
     """Past max clients' sessions and REFUSING refusals in progress, the server stops
     accepting: the rest of a flood waits in the kernel's queue, not in the server,
     and is refused in its turn once refusals end.
 
-    gevent only, as the bound is exact there (BoundedServer counts at each accept).
-    The twin stops reading at the bound, but Twisted accepts in batches (up to
-    ``Port.numberAccepts`` per wake-up), so it can take a batch more; asyncio has
-    no public way to stop accepting (docs/compare.md, "limits").
+    gevent and asyncio, whose bound is exact (each counts at its accept). The twin
+    stops reading at the bound, but Twisted accepts in batches (up to
+    ``Port.numberAccepts`` per wake-up), so it can take a batch more
+    (docs/compare.md, "limits").
     """
     server = start_server("--max-clients", "1", "--quiet")
     held = open_session(server)

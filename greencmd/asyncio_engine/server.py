@@ -1,9 +1,16 @@
-"""The asyncio command server: ``asyncio.start_server`` and a :class:`Session` per connection.
+"""The asyncio command server: an accept loop and a :class:`Session` per connection.
 
 Each connection is one coroutine, from accept to close. Around the sessions the
-server keeps what the spec asks: max clients (refused at once), graceful
-shutdown on SIGTERM/SIGINT, log reopening on SIGHUP, and the log itself.
+server keeps what the spec asks: max clients (refused at once, not queued),
+graceful shutdown on SIGTERM/SIGINT, log reopening on SIGHUP, and the log itself.
 Compare ``gevent_engine/server.py`` and ``twisted_engine/server.py``.
+
+The connections are accepted by a loop of our own (``loop.sock_accept()``), not
+by ``asyncio.start_server``, which has no way to stop accepting: past the
+sessions and the refusals in progress the loop waits until one ends, so the rest
+of a flood waits in the kernel's listen queue, as it does with the other
+engines. Each accepted socket gets its streams as ``start_server`` would make
+them (:func:`accepted_streams`).
 """
 
 from __future__ import annotations
@@ -14,13 +21,13 @@ import signal
 import socket
 
 from ..core import protocol
-from ..core.errors import cannot_listen, describe_os_error
+from ..core.errors import EXHAUSTED_PAUSE, describe_os_error
 from ..core.listeners import (
+    listen_tcp,
     listen_unix,
     listening_on,
     peer_name,
     remove_socket,
-    unix_address,
 )
 from ..core.logs import (
     REFUSED,
@@ -33,7 +40,7 @@ from ..core.logs import (
     reopen_log_files,
     session_name,
 )
-from ..core.settings import BACKLOG, LINGER_SECONDS, ServerConfig, format_address
+from ..core.settings import LINGER_SECONDS, REFUSING, ServerConfig
 from ..core.signals import let_go_of_signals
 from ..core.startup import startup_lines
 from ..core.systemd import Notifier
@@ -48,7 +55,13 @@ __all__ = ["CommandServer", "run", "serve", "quiet_exceptions"]
 
 
 class CommandServer:
-    """Accepts connections and runs a :class:`Session` for each, up to max clients."""
+    """Accepts connections and runs a :class:`Session` for each, up to max clients.
+
+    The limit is our own count of open sessions, so the client over it gets its
+    refusal at once. The connections (sessions plus refusals in progress) are
+    bounded too: past ``max_clients + REFUSING`` of them, the accept loop waits
+    until one ends.
+    """
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -56,43 +69,66 @@ class CommandServer:
         self.state = ServerState.from_config(config, self.sessions)
         self.closing = asyncio.Event()
         self.tls = tls_context(config)
-        #: Each connection's task (sessions, refusals, hang-ups) and its writer; None
-        #: while its TLS handshake runs (shutdown cancels that, see tls_handshake).
+        #: Each connection's task (sessions, refusals, hang-ups), from its accept on,
+        #: and its writer; None until its streams are made and while its TLS
+        #: handshake runs (shutdown cancels that, see tls_handshake).
         self.connections: dict[asyncio.Task, asyncio.StreamWriter | None] = {}
-        self.server: asyncio.Server | None = None
+        self.limit = config.max_clients + REFUSING
+        self.room = asyncio.Event()  # set when a connection ends
+        self.listener: socket.socket | None = None
+        self.accepting: asyncio.Task | None = None
+        self._exhausted = AcceptFailureLog()
 
-    async def start(self, listener: socket.socket | None = None) -> str:
-        """Listen (or serve ``listener``, bound by ``--workers``); where, as the log names it.
-
-        Raises BindError.
-        """
+    def start(self, listener: socket.socket | None = None) -> str:
+        """Listen (or serve ``listener``, bound by ``--workers`` or systemd) and start
+        accepting; where, as the log names it. Raises BindError."""
         config = self.config
-        if listener is not None:
-            serve = (asyncio.start_unix_server if listener.family == socket.AF_UNIX
-                     else asyncio.start_server)
-            # asyncio listens again on a socket it is given: with our backlog, not its 100.
-            self.server = await serve(self.handle, sock=listener, backlog=BACKLOG)
-            return listening_on(listener)
-        if config.unix:
-            self.server = await asyncio.start_unix_server(
-                self.handle, sock=listen_unix(config.unix, config.unix_mode), backlog=BACKLOG)
-            return unix_address(config.unix)
-        try:
-            self.server = await asyncio.start_server(self.handle, config.host, config.port,
-                                                     backlog=BACKLOG, reuse_address=True)
-        except OSError as exc:
-            raise cannot_listen(format_address(config.host, config.port), exc) from None
-        return format_address(*self.server.sockets[0].getsockname()[:2])
+        if listener is None:
+            listener = (listen_unix(config.unix, config.unix_mode) if config.unix
+                        else listen_tcp(config.host, config.port))
+        listener.setblocking(False)  # the loop waits for it
+        self.listener = listener
+        self.accepting = asyncio.create_task(self.accept(listener))
+        return listening_on(listener)
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one connection in this coroutine, from accept to close (or refuse it)."""
+    async def accept(self, listener: socket.socket) -> None:
+        """Accept connections and start a task for each, for ever (shutdown cancels it).
+
+        At the bound it waits for a connection to end before it accepts again. A
+        failed accept never ends it: a client gone before its accept is passed
+        over; otherwise (out of descriptors, most often) it says so, once a second
+        at most, and pauses EXHAUSTED_PAUSE; open sessions go on meanwhile.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            while len(self.connections) >= self.limit:
+                self.room.clear()
+                await self.room.wait()
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:  # not a busy loop, whatever it is
+                self._exhausted.say(describe_os_error(exc))
+                await asyncio.sleep(EXHAUSTED_PAUSE)
+                continue
+            # Counted from its accept, not from when its task first runs.
+            self.connections[loop.create_task(self.handle(sock, address))] = None
+
+    async def handle(self, sock: socket.socket, address: object) -> None:
+        """Serve one connection in this task, from accept to close (or refuse it)."""
         task = asyncio.current_task()
-        self.connections[task] = None if self.tls else writer
         try:
+            try:
+                reader, writer = await accepted_streams(sock)
+            except BaseException:
+                sock.close()  # it has no transport to close it
+                raise
+            if self.tls is None:
+                self.connections[task] = writer
             stats = self.state.stats
             number, stats.accepted = stats.accepted, stats.accepted + 1
-            host = peer_name(writer.get_extra_info("socket"),
-                             writer.get_extra_info("peername") or ("",))
+            host = peer_name(sock, address)
             log_connection(host)
             if self.tls is not None:
                 if not await tls_handshake(self.tls, writer, session_name(number, host)):
@@ -104,11 +140,12 @@ class CommandServer:
             # Shutdown cancels a session that waits for its next request; when the
             # client's next bytes, or its end, came in the same turn of the loop, the
             # cancel lands once the session is over, on its way out. The connection is
-            # closed by then: end quietly, not as a task start_server calls unhandled.
+            # closed by then: end quietly.
             if not self.closing.is_set():
                 raise
         finally:
             del self.connections[task]
+            self.room.set()
 
     async def serve_session(self, conn: Connection, host: str, number: int) -> None:
         """Run a :class:`Session` for the connection, or refuse it past max clients."""
@@ -133,7 +170,9 @@ class CommandServer:
         sessions are cancelled too: the cancellation stops their work.
         """
         self.closing.set()
-        self.server.close()
+        self.accepting.cancel()
+        await asyncio.wait([self.accepting])
+        self.listener.close()
         log("Shutting down: stopped listening; %g seconds' grace for commands" % grace)
         for session in list(self.sessions):
             if session.waiting:
@@ -146,10 +185,9 @@ class CommandServer:
         for session in list(self.sessions):
             session.task.cancel()
         # Sessions say bye and linger; refusals linger too. Then the rest is cut off,
-        # as a reset would: each one's coroutine sees its connection lost and returns.
-        # (Not a cancel: a connection's task that ends cancelled is reported as an
-        # unhandled error by start_server on Python 3.11 and 3.12. One still in its
-        # TLS handshake is cancelled, and ends the handshake without a session.)
+        # as a reset would: each one's coroutine sees its connection lost and ends
+        # the way a reset ends it, already tested. (One still in its TLS handshake
+        # has no stream to cut: it is cancelled, and ends without a session.)
         if self.connections:
             await asyncio.wait(list(self.connections), timeout=LINGER_SECONDS + 1)
         for task, writer in self.connections.items():
@@ -162,10 +200,28 @@ class CommandServer:
         self.state.pool.shutdown(wait=False, cancel_futures=True)
 
 
+async def accepted_streams(sock: socket.socket) -> tuple[asyncio.StreamReader,
+                                                        asyncio.StreamWriter]:
+    """A stream reader and writer over ``sock``, accepted here, made as ``start_server``
+    makes them.
+
+    ``connect_accepted_socket`` is asyncio's way to hand it an accepted socket; a
+    ``StreamReaderProtocol`` given a callback is a server's side of the stream, so
+    ``StreamWriter.start_tls()`` makes the server's side of a TLS handshake.
+    """
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    made: asyncio.Future[asyncio.StreamWriter] = loop.create_future()
+    protocol = asyncio.StreamReaderProtocol(reader, lambda _, writer: made.set_result(writer))
+    await loop.connect_accepted_socket(lambda: protocol, sock)
+    return reader, await made
+
+
 def quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     """The loop's exception handler: out of descriptors is one line a second, never a traceback.
 
-    asyncio pauses accepting by itself after such an error; open sessions go on.
+    (The command port's accept loop handles its own errors; ``start_server``, which
+    serves ``--metrics``, reports them here, and pauses accepting by itself.)
     """
     exc = context.get("exception")
     message = context.get("message", "")
@@ -176,6 +232,12 @@ def quiet_exceptions(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     elif isinstance(exc, ValueError) and "._start_serving(" in message:
         # asyncio's retry of accepting, a second after it ran out of descriptors,
         # come after shutdown closed the listener: nothing is left to accept on.
+        return
+    elif isinstance(exc, asyncio.InvalidStateError) and "._sock_accept(" in message:
+        # CPython gh-153761 (fixed in later releases): shutdown cancelled the accept
+        # loop in the turn its listener became readable, and asyncio accepted one
+        # more connection for the cancelled wait, then dropped (closed) it. That
+        # client is told nothing, as one still in the listen queue is not.
         return
     else:
         log("asyncio: %s%s" % (message or "error", "" if exc is None else ": %s" % (
@@ -209,7 +271,7 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None,
     try:
         if config.metrics:  # first: a port it cannot have must end us before any client comes
             metrics = await serve_metrics(server.state.metrics, *config.metrics)
-        where = await server.start(listener)
+        where = server.start(listener)
         if supervised:
             log("Serving in worker process %d" % os.getpid())
         else:

@@ -146,13 +146,15 @@ PAIRS = [
          "and the refusals in progress, stop accepting, so a flood waits in the kernel.",
          "gevent costs more here: its own way is one line, spawn=Pool(n), but the engine "
          "uses BoundedServer (shown), the same bound for 9 percent fewer instructions per "
-         "short connection. asyncio's start_server has no way to stop accepting: it takes a flood "
-         "until descriptors run out. Twisted stops reading at the bound but accepts in "
-         "batches, so it may take a batch more.",
+         "short connection. asyncio costs more too: start_server has no way to stop "
+         "accepting, so the engine accepts in a loop of its own (sock_accept), 4 percent "
+         "more CPU per short connection. Twisted stops reading at the bound but accepts "
+         "in batches, so it may take a batch more.",
          _engines("server.py", ("CommandServer.serve_session",),
                   ("CommandFactory.connection_opened", "CommandFactory.connection_closed",
                    "CommandFactory.is_full"),
-                  ("CommandServer.serve_session",),
+                  ("CommandServer.accept", "CommandServer.serve_session",
+                   "accepted_streams"),
                   gevent=(Part("gevent_engine/bounded.py",
                                ("BoundedServer.full", "BoundedServer._spawn_counted",
                                 "BoundedServer.do_close")),),
