@@ -23,8 +23,9 @@ from conftest import (
     wait_until,
 )
 
-from greencmd.asyncio_engine.server import quiet_exceptions
+from greencmd.asyncio_engine.server import accepted_streams, quiet_exceptions
 from greencmd.core import logs
+from greencmd.core.listeners import listen_tcp
 
 BYE = b"Server shutting down, bye!\n"
 
@@ -205,6 +206,27 @@ def test_ipv6_loopback(start_server):
         sock.sendall(b"help\n")
         sock.shutdown(socket.SHUT_WR)
         assert read_all(sock) == HELP
+
+
+def test_the_asyncio_engine_turns_nagle_off_on_its_connections():
+    """asyncio gives TCP_NODELAY to the connections it wraps, if their socket says it is
+    TCP: listen_tcp makes its socket from getaddrinfo's answer, protocol included, as
+    start_server would (socket.create_server leaves the protocol unsaid, and asyncio
+    then leaves Nagle on: a reply written in pieces would wait for the client's ACK)."""
+
+    async def nodelay_of_an_accepted_connection() -> int:
+        loop = asyncio.get_running_loop()
+        with listen_tcp("127.0.0.1", 0) as listener, \
+                socket.create_connection(listener.getsockname()):
+            sock, _ = await loop.sock_accept(listener)
+            _, writer = await accepted_streams(sock)
+            try:
+                return writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP,
+                                                                 socket.TCP_NODELAY)
+            finally:
+                writer.close()
+
+    assert asyncio.run(nodelay_of_an_accepted_connection()) != 0
 
 
 def test_bin_greencmd_runs_from_the_checkout(tmp_path):

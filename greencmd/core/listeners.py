@@ -77,14 +77,27 @@ def listen_unix(path: str, mode: int) -> socket.socket:
 def listen_tcp(host: str, port: int) -> socket.socket:
     """A non-blocking listening TCP socket on ``host``'s first address; raises BindError.
 
-    Non-blocking, as every reader of it waits in its event loop: with ``--workers``
-    each worker wakes for a new connection and one wins, and the others must get
-    EAGAIN from accept(), not block their loop in it.
+    Made from getaddrinfo's answer, protocol included, as asyncio makes its own:
+    asyncio gives the connections accepted on a socket that says it is TCP no
+    Nagle delay (``TCP_NODELAY``), and ``socket.create_server`` leaves the protocol
+    unsaid. Non-blocking, as every reader of it waits in its event loop: with
+    ``--workers`` each worker wakes for a new connection and one wins, and the
+    others must get EAGAIN from accept(), not block their loop in it.
     """
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind, proto)
     except OSError as exc:
+        raise cannot_listen(format_address(host, port), exc) from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # that address only, as create_server would
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        listener.bind(address)
+        listener.listen(BACKLOG)
+    except OSError as exc:
+        listener.close()
         raise cannot_listen(format_address(host, port), exc) from None
     listener.setblocking(False)
     return listener
