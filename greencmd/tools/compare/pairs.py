@@ -147,7 +147,7 @@ PAIRS = [
          "gevent costs more here: its own way is one line, spawn=Pool(n), but the engine "
          "uses BoundedServer (shown), the same bound for 9 percent fewer instructions per "
          "short connection. asyncio costs more too: start_server has no way to stop "
-         "accepting, so the engine accepts in a loop of its own (sock_accept), 4 percent "
+         "accepting, so the engine accepts in a loop of its own (sock_accept), 5 percent "
          "more CPU per short connection. Twisted stops reading at the bound but accepts "
          "in batches, so it may take a batch more.",
          _engines("server.py", ("CommandServer.serve_session",),
