@@ -33,8 +33,8 @@ def test_the_unit_runs_greencmd_serve_with_the_example_config():
             assert word in options, word
     assert argv[argv.index("--config") + 1] == "/etc/greencmd/greencmd.toml"
     service = unit()["Service"]
-    # The log is in the journal: a reload would have nothing to reopen.
-    assert "ExecReload" not in service
+    # A reload is a SIGHUP: a renewed TLS certificate is loaded (test_tls.py).
+    assert shlex.split(service["ExecReload"]) == ["/bin/kill", "-HUP", "$MAINPID"]
     assert service["RestartPreventExitStatus"] == "2"  # a typo must not restart in a loop
     assert service["UMask"] == "0077" and service["CapabilityBoundingSet"] == ""
 

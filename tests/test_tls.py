@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import ssl
@@ -18,6 +19,7 @@ from conftest import (
     HELP,
     HUGE,
     REPO,
+    Server,
     greencmd_env,
     hash_line,
     read_until,
@@ -587,3 +589,66 @@ def test_the_interactive_client_names_a_reset_after_the_handshake_too(pki, tmp_p
         assert result.stderr in expected, result.stderr
     assert (waiting.returncode, waiting.stdout.read()) == (3, b"")
     assert waiting.stderr.read() in expected
+
+
+def served_certificate(server, pki) -> bytes:
+    """The certificate (DER) the server presents to a new connection, checked against
+    the test CA; the connection then says exit."""
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"help\n")
+        assert read_until(tls, b"\n") == HELP
+        return tls.getpeercert(binary_form=True)
+
+
+def der(pem_file) -> bytes:
+    """The first certificate of a PEM file, as DER."""
+    return ssl.PEM_cert_to_DER_cert(pem_file.read_text())
+
+
+def test_sighup_loads_a_renewed_certificate_for_new_connections(start_server, pki, tmp_path):
+    cert, key = tmp_path / "live.pem", tmp_path / "live.key"
+    cert.write_bytes((pki / "server.pem").read_bytes())
+    key.write_bytes((pki / "server.key").read_bytes())
+    server = start_server("--tls-cert", str(cert), "--tls-key", str(key))
+    assert served_certificate(server, pki) == der(pki / "server.pem")
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as kept:
+        # Renewed in place (another certificate for the same names, with its chain).
+        cert.write_bytes((pki / "chain.pem").read_bytes())
+        key.write_bytes((pki / "chain.key").read_bytes())
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for_log(lambda line: "TLS certificate reloaded from %s" % cert in line)
+        assert served_certificate(server, pki) == der(pki / "chained.pem")
+        # A renewal gone wrong: one line, and new connections keep the last good one.
+        cert.write_text("not a certificate\n")
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for_log(lambda line: "Cannot reload TLS: cannot load the certificate %s"
+                            % cert in line)
+        assert served_certificate(server, pki) == der(pki / "chained.pem")
+        # A session open all along goes on with what it began with.
+        kept.sendall(b"help\n")
+        assert read_until(kept, b"\n") == HELP
+        assert kept.getpeercert(binary_form=True) == der(pki / "server.pem")
+    assert server.stop() == 0
+    assert not server.complaints()
+
+
+@pytest.mark.engines(*[engine for engine in TLS_ENGINES if engine != "twisted"])
+def test_sighup_reloads_the_certificate_in_every_worker(engine, pki, tmp_path):
+    server = Server(["--engine", engine, "--port", "0", "--workers", "2", "--log-file", "",
+                     "--lastlog-file", os.devnull, "--tls-cert", str(pki / "server.pem"),
+                     "--tls-key", str(pki / "server.key")], tmp_path, greencmd_env())
+    try:
+        server.wait_for_count("Serving in worker process", 2)  # their handlers are in
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for_count("TLS certificate reloaded from", 2)
+        assert served_certificate(server, pki) == der(pki / "server.pem")
+        assert server.stop() == 0
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+    assert not server.complaints()

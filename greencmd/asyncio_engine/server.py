@@ -44,6 +44,7 @@ from ..core.settings import LINGER_SECONDS, REFUSING, ServerConfig
 from ..core.signals import let_go_of_signals
 from ..core.startup import startup_lines
 from ..core.systemd import Notifier
+from ..core.tls import reload_tls
 from .commands import ServerState
 from .connection import Connection
 from .metrics import serve_metrics
@@ -78,6 +79,13 @@ class CommandServer:
         self.listener: socket.socket | None = None
         self.accepting: asyncio.Task | None = None
         self._exhausted = AcceptFailureLog()
+
+    def reopen_files(self) -> None:
+        """On SIGHUP: reopen the log files, and load the TLS certificate and key again
+        for the connections to come (a renewed certificate)."""
+        reopen_log_files()
+        if self.tls is not None:
+            self.tls = reload_tls(self.config, lambda: tls_context(self.config), self.tls)
 
     def start(self, listener: socket.socket | None = None) -> str:
         """Listen (or serve ``listener``, bound by ``--workers`` or systemd) and start
@@ -263,7 +271,7 @@ async def serve(config: ServerConfig, listener: socket.socket | None = None,
     # Handlers first: whoever waits for the "starting on" line may signal at once.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reopen_log_files)
+    loop.add_signal_handler(signal.SIGHUP, server.reopen_files)
     stop_flushing = install_flush_timer(lambda delay, flush: loop.call_later(delay,
                                                                              flush).cancel)
     ticks = metrics = None

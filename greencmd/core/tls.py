@@ -8,8 +8,14 @@ when the server has ``--tls-client-ca``. A failed handshake is one sentence.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["HANDSHAKE_SECONDS", "server_context", "client_context", "describe_tls_error",
+from .logs import log
+from .settings import ServerConfig
+
+__all__ = ["HANDSHAKE_SECONDS", "server_context", "reload_tls", "client_context",
+           "describe_tls_error",
            "is_tls", "client_tls_failure", "server_handshake_failure", "PLAIN_HINT",
            "REFUSED_CERT_HINT", "TLS_RESET", "NO_REPLY", "no_reply"]
 
@@ -80,6 +86,27 @@ def server_context(cert: str, key: str, client_ca: str | None,
                              % (client_ca, describe_tls_error(exc))) from None
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+Settings = TypeVar("Settings")
+
+
+def reload_tls(config: ServerConfig, load: Callable[[], Settings], current: Settings) -> Settings:
+    """The engine's TLS settings made again by ``load`` from the files (on SIGHUP: a
+    renewed certificate), or ``current`` if the files do not load; one log line either way.
+
+    Connections already open keep the settings they began with.
+    """
+    try:
+        # The standard library's load first: its failure is one sentence in every engine.
+        server_context(config.tls_cert, config.tls_key, config.tls_client_ca)
+        settings = load()
+    except (ValueError, OSError) as exc:
+        log("Cannot reload TLS: %s; new connections still get the certificate loaded before"
+            % exc, event="tls_reload_failed", level="error")
+        return current
+    log("TLS certificate reloaded from %s" % config.tls_cert, event="tls_reloaded")
+    return settings
 
 
 def client_context(cafile: str | None, cert: str | None, key: str | None,

@@ -42,6 +42,7 @@ from ..core.settings import (
 from ..core.signals import let_go_of_signals
 from ..core.startup import startup_lines
 from ..core.systemd import Notifier
+from ..core.tls import reload_tls
 from .bounded import BoundedServer
 from .commands import ServerState
 from .connection import Connection, IdleTimeout, nothing_pending
@@ -97,6 +98,13 @@ class CommandServer(BoundedServer):
         self.stop_accepting()
         gevent.spawn_later(EXHAUSTED_PAUSE, self._resume_accepting)
         return None
+
+    def reopen_files(self) -> None:
+        """On SIGHUP: reopen the log files, and load the TLS certificate and key again
+        for the connections to come (a renewed certificate)."""
+        reopen_log_files()
+        if self.tls is not None:
+            self.tls = reload_tls(self.config, lambda: tls_context(self.config), self.tls)
 
     def _resume_accepting(self) -> None:
         if not self.closing.is_set():
@@ -211,7 +219,7 @@ def run(config: ServerConfig, listener: socket.socket | None = None,
     # Handlers first: whoever waits for the "starting on" line may signal at once.
     handlers = {signum: gevent.signal_handler(signum, stop.set)
                 for signum in (signal.SIGTERM, signal.SIGINT)}
-    handlers[signal.SIGHUP] = gevent.signal_handler(signal.SIGHUP, reopen_log_files)
+    handlers[signal.SIGHUP] = gevent.signal_handler(signal.SIGHUP, server.reopen_files)
     ticks = metrics = None
     stopped = False
     try:

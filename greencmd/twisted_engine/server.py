@@ -39,7 +39,7 @@ from ..core.systemd import Notifier
 from .commands import ServerState
 from .metrics import serve_metrics
 from .session import CommandSession
-from .tls import with_tls
+from .tls import ReloadableTLS, with_tls
 
 __all__ = ["CommandFactory", "run"]
 
@@ -54,6 +54,15 @@ class CommandFactory(ServerFactory):
         self.connected: set[CommandSession] = set()  # sessions, refusals, lingering hang-ups
         self.closing = False
         self.port = None
+        #: The listener's TLS settings, None without TLS.
+        self.tls = ReloadableTLS(config) if config.tls_cert else None
+
+    def reopen_files(self) -> None:
+        """On SIGHUP: reopen the log files, and load the TLS certificate and key again
+        for the connections to come (a renewed certificate)."""
+        reopen_log_files()
+        if self.tls is not None:
+            self.tls.reload()
 
     def buildProtocol(self, addr) -> CommandSession:
         """Number every accepted connection, refused ones included."""
@@ -178,7 +187,7 @@ def listen(config: ServerConfig, factory: CommandFactory) -> str:
         nonlocal failure
         failure = reason.value
 
-    where.listen(with_tls(config, factory)).addCallbacks(
+    where.listen(with_tls(factory.tls, factory)).addCallbacks(
         lambda port: setattr(factory, "port", port), failed)
     if isinstance(failure, CannotListenError):
         if config.unix:
@@ -221,7 +230,7 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
         where = listen(config, factory)
     else:
         factory.port = reactor.adoptStreamPort(listener.fileno(), listener.family,
-                                               with_tls(config, factory))
+                                               with_tls(factory.tls, factory))
         where = listening_on(listener)
         listener.close()  # the reactor has its own copy of the descriptor
     if config.metrics:
@@ -242,7 +251,7 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)
     reactor.addSystemEventTrigger("before", "shutdown", factory.shutdown)
     globalLogPublisher.addObserver(AcceptFailures())
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reopen_log_files))
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(factory.reopen_files))
     reactor.run()
     ignore_server_signals()
     if config.unix and listener is None:

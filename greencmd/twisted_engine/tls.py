@@ -9,12 +9,15 @@ the finished handshake through ``IHandshakeListener``. Compare
 from __future__ import annotations
 
 from twisted.internet import error, ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 from ..core.errors import describe_os_error
 from ..core.settings import ServerConfig
+from ..core.tls import reload_tls
 
-__all__ = ["tls_options", "with_tls", "describe_openssl_error"]
+__all__ = ["tls_options", "ReloadableTLS", "with_tls", "describe_openssl_error"]
 
 _BEGIN = b"-----BEGIN CERTIFICATE-----"
 
@@ -39,11 +42,33 @@ def tls_options(config: ServerConfig) -> ssl.CertificateOptions:
     return ssl.CertificateOptions(**options)
 
 
-def with_tls(config: ServerConfig, factory):
-    """``factory`` itself, or wrapped in Twisted's TLS layer when the config asks for TLS."""
-    if not config.tls_cert:
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableTLS:
+    """The listener's TLS settings, which :meth:`reload` can load again (SIGHUP).
+
+    Twisted's TLS layer asks it for each new connection's OpenSSL connection (the
+    interface ``TLSMemoryBIOFactory`` documents for servers that build their own),
+    and it answers with the ``CertificateOptions`` loaded last.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.options = tls_options(config)
+
+    def serverConnectionForTLS(self, tls_protocol):  # noqa: N802 (Twisted's name)
+        """The OpenSSL connection for a new client, from the settings loaded last."""
+        return self.options.serverConnectionForTLS(tls_protocol)
+
+    def reload(self) -> None:
+        """Load the certificate and key again for the connections to come."""
+        self.options = reload_tls(self.config, lambda: tls_options(self.config), self.options)
+
+
+def with_tls(tls: ReloadableTLS | None, factory):
+    """``factory`` itself, or wrapped in Twisted's TLS layer with ``tls``."""
+    if tls is None:
         return factory
-    return TLSMemoryBIOFactory(tls_options(config), False, factory)
+    return TLSMemoryBIOFactory(tls, False, factory)
 
 
 def describe_openssl_error(exc: BaseException) -> str:

@@ -136,12 +136,19 @@ PAIRS = [
                                 ("CommandSession.start_follow", "CommandSession.follow_began",
                                  "CommandSession.follow_ended",
                                  "CommandSession.end_follow")),))),
-    Pair("tls", "TLS: a handshake bounded to 10 seconds, one log line when it fails.", "",
-         _engines("tls.py", ("tls_context", "tls_handshake"), ("tls_options", "with_tls"),
+    Pair("tls", "TLS: a handshake bounded to 10 seconds, one log line when it fails; "
+         "SIGHUP loads a renewed certificate for new connections.", "",
+         _engines("tls.py", ("tls_context", "tls_handshake"),
+                  ("tls_options", "ReloadableTLS", "with_tls"),
                   ("tls_context", "tls_handshake"),
+                  gevent=(Part("gevent_engine/server.py", ("CommandServer.reopen_files",)),),
                   twisted=(Part("twisted_engine/session.py",
                                 ("CommandSession.handshakeCompleted",
-                                 "CommandSession.handshake_late")),))),
+                                 "CommandSession.handshake_late")),
+                           Part("twisted_engine/server.py",
+                                ("CommandFactory.reopen_files",))),
+                  asyncio=(Part("asyncio_engine/server.py",
+                                ("CommandServer.reopen_files",)),))),
     Pair("limits", "Max clients: refuse the client past the limit at once; past the sessions "
          "and the refusals in progress, stop accepting, so a flood waits in the kernel.",
          "gevent costs more here: its own way is one line, spawn=Pool(n), but the engine "
