@@ -272,3 +272,37 @@ def test_failed_auth_is_logged_once_a_second_per_address_then_counted(guarded):
     time.sleep(1.1)
     guarded.talk(b"auth nope\n")
     guarded.wait_for_log(lambda line: "more failed from 127.0.0.1" in line)
+
+
+def test_sighup_reads_a_new_token_for_new_sessions(start_server, tmp_path):
+    path = token_file(tmp_path)
+    server = start_server("--auth-token-file", str(path))
+    new = b"n3w-token-fedcba9876543210"
+    with server.connect() as kept:
+        kept.sendall(b"auth " + TOKEN + b"\n")
+        assert read_until(kept, b"\n") == AUTHENTICATED
+        path.write_bytes(new + b"\n")
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for_log(lambda line: "Auth token reloaded from %s" % path in line)
+        assert server.talk(b"auth " + TOKEN + b"\nhelp\n") == FAILED
+        assert server.talk(b"auth " + new + b"\nhelp\n") == AUTHENTICATED + AUTH_HELP
+        # A token file gone wrong: one line, never the token, and the last good one holds.
+        path.write_bytes(b"x7q\n")
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for_log(lambda line: "Cannot reload the auth token: the token in %s is "
+                            "shorter than 16 characters" % path in line)
+        assert server.talk(b"auth " + new + b"\nhelp\n") == AUTHENTICATED + AUTH_HELP
+        # A session authenticated before goes on.
+        kept.sendall(b"help\n")
+        assert read_until(kept, b"\n") == AUTH_HELP
+    assert server.stop() == 0
+    assert not [line for line in server.lines if new.decode() in line or "x7q" in line]
+
+
+def test_sighup_without_a_token_file_reads_none(start_server):
+    server = start_server()
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_log(lambda line: "Log file reopened." in line)
+    assert server.talk(b"help\n") == HELP
+    assert server.stop() == 0
+    assert not [line for line in server.lines if "auth token" in line.lower()]

@@ -81,9 +81,10 @@ class CommandServer:
         self._exhausted = AcceptFailureLog()
 
     def reopen_files(self) -> None:
-        """On SIGHUP: reopen the log files, and load the TLS certificate and key again
-        for the connections to come (a renewed certificate)."""
+        """On SIGHUP: reopen the log files; for the connections to come, read the auth
+        token and load the TLS certificate and key again (new ones, renewed)."""
         reopen_log_files()
+        self.state.reload_token()
         if self.tls is not None:
             self.tls = reload_tls(self.config, lambda: tls_context(self.config), self.tls)
 

@@ -83,7 +83,7 @@ class Session:
     async def serve(self) -> str:
         """Answer request after request; the log's reason once the client is done."""
         conn, served = self.conn, self.state.stats.served
-        authenticated = self.config.auth_token is None
+        authenticated = self.state.auth_token is None
         while not self.closing.is_set():
             line = await conn.read_line()
             if line is None:
@@ -113,7 +113,7 @@ class Session:
         """The reply to ``auth`` (or to any request before it); a refusal is audited,
         then ends the session (NotAuthenticated)."""
         try:
-            return auth.reply_to(request, self.config.auth_token)
+            return auth.reply_to(request, self.state.auth_token)
         except auth.NotAuthenticated as refused:
             self.state.finished(self.system, request, refused.goodbye, started)
             raise

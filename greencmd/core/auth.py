@@ -16,9 +16,10 @@ import stat
 from . import protocol
 from .logs import AUTH_FAILED as FAILED
 from .logs import AUTH_REQUIRED as REQUIRED
+from .logs import log
 
 __all__ = ["TOKEN_MIN", "NotAuthenticated", "FAILED", "REQUIRED", "read_token_file",
-           "token_matches", "is_loopback", "reply_to"]
+           "reread_token_file", "token_matches", "is_loopback", "reply_to"]
 
 TOKEN_MIN = 16
 
@@ -53,6 +54,19 @@ def read_token_file(path: str) -> bytes:
         raise ValueError("the token in %s is shorter than %d characters; put a longer one "
                          "on its first line (e.g. from: openssl rand -hex 32)"
                          % (path, TOKEN_MIN))
+    return token
+
+
+def reread_token_file(path: str, current: bytes) -> bytes:
+    """The token in ``path`` read again (on SIGHUP: a new token), or ``current`` if the
+    file does not hold a good one; one log line either way, never the token."""
+    try:
+        token = read_token_file(path)
+    except ValueError as exc:
+        log("Cannot reload the auth token: %s; the token read before is still the one"
+            % exc, event="token_reload_failed", level="error")
+        return current
+    log("Auth token reloaded from %s" % path, event="token_reloaded")
     return token
 
 

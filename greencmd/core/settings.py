@@ -62,6 +62,8 @@ class ServerConfig:
     tls_client_ca: str | None = None
     #: The token ``auth`` must present (from ``--auth-token-file``); None: no auth.
     auth_token: bytes | None = field(default=None, repr=False)
+    #: The file it was read from, which SIGHUP reads again.
+    auth_token_file: str | None = None
 
 
 def format_address(host: str, port: int) -> str:

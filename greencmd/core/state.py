@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from . import protocol
+from . import auth, protocol
 from .audit import AuditLog
 from .catalog import dispatch_table, load_catalog
 from .logtail import LastlogSource
@@ -33,6 +33,8 @@ class BaseState:
     stats: Stats
     audit: AuditLog | None
     metrics: object | None  # core.metrics.Metrics, imported only with --metrics
+    #: The token ``auth`` must present now (None: no auth); SIGHUP may change it.
+    auth_token: bytes | None
 
     @classmethod
     def build(cls, engine: str, config: ServerConfig, sessions: Collection,
@@ -54,7 +56,14 @@ class BaseState:
                    commands=dispatch_table(builtins, catalog, program, plugin),
                    help=catalog.help(auth=config.auth_token is not None), stats=stats,
                    audit=AuditLog(config.audit_log) if config.audit_log else None,
-                   metrics=metrics, **own)
+                   metrics=metrics, auth_token=config.auth_token, **own)
+
+    def reload_token(self) -> None:
+        """On SIGHUP: read ``--auth-token-file`` again, for the sessions to come (those
+        already authenticated go on)."""
+        if self.config.auth_token_file and self.auth_token is not None:
+            self.auth_token = auth.reread_token_file(self.config.auth_token_file,
+                                                     self.auth_token)
 
     def finished(self, system: str, request: protocol.Request, reply: bytes,
                  started: float) -> None:

@@ -111,7 +111,7 @@ class Session:
     def serve(self) -> str:
         """Answer request after request; the log's reason once the client is done."""
         conn, served = self.conn, self.state.stats.served
-        authenticated = self.config.auth_token is None
+        authenticated = self.state.auth_token is None
         while not self.closing.is_set():
             line = conn.read_line()
             if line is None:
@@ -141,7 +141,7 @@ class Session:
         """The reply to ``auth`` (or to any request before it); a refusal is audited,
         then ends the session (NotAuthenticated)."""
         try:
-            return auth.reply_to(request, self.config.auth_token)
+            return auth.reply_to(request, self.state.auth_token)
         except auth.NotAuthenticated as refused:
             self.state.finished(self.system, request, refused.goodbye, started)
             raise

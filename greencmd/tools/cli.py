@@ -218,7 +218,7 @@ def serve(ctx: click.Context, engine: str, workers: int, config: tuple,
         options["log_file"] = ""
     if options["log_file"] is None:
         options["log_file"] = logs.default_log_file()
-    config = ServerConfig(commands=config, auth_token=token,
+    config = ServerConfig(commands=config, auth_token=token, auth_token_file=auth_token_file,
                           **{k: v if v != "" else None for k, v in options.items()})
     # With --workers, each process would rotate on its own: logrotate and SIGHUP instead.
     max_bytes = config.log_max_size if workers == 1 else 0

@@ -98,7 +98,7 @@ class CommandSession(LineReceiver, TimeoutMixin):
         self.eof = False
         self.hanging_up = False
         self.dropped = 0
-        self.authenticated = config.auth_token is None
+        self.authenticated = self.state.auth_token is None
         self.first_bytes_checked = False
         self.follow_request: tuple[protocol.Request, float] | None = None
         self.handshake_timer = None
@@ -273,7 +273,7 @@ class CommandSession(LineReceiver, TimeoutMixin):
     def authenticate(self, request: protocol.Request, started: float) -> None:
         """``auth TOKEN``, or any request before it: the reply, or the end of the session."""
         try:
-            reply = auth.reply_to(request, self.config.auth_token)
+            reply = auth.reply_to(request, self.state.auth_token)
         except auth.NotAuthenticated as refused:
             self.state.finished(self.system, request, refused.goodbye, started)
             self.transport.write(refused.goodbye)
