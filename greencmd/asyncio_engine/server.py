@@ -37,14 +37,12 @@ from ..core.logs import (
     log,
     log_connection,
     log_lost,
-    reopen_log_files,
     session_name,
 )
 from ..core.settings import LINGER_SECONDS, REFUSING, ServerConfig
 from ..core.signals import let_go_of_signals
 from ..core.startup import startup_lines
 from ..core.systemd import Notifier
-from ..core.tls import reload_tls
 from .commands import ServerState
 from .connection import Connection
 from .metrics import serve_metrics
@@ -81,12 +79,8 @@ class CommandServer:
         self._exhausted = AcceptFailureLog()
 
     def reopen_files(self) -> None:
-        """On SIGHUP: reopen the log files; for the connections to come, read the auth
-        token and load the TLS certificate and key again (new ones, renewed)."""
-        reopen_log_files()
-        self.state.reload_token()
-        if self.tls is not None:
-            self.tls = reload_tls(self.config, lambda: tls_context(self.config), self.tls)
+        """On SIGHUP: log files, auth token and TLS files again (``BaseState.reopen_files``)."""
+        self.tls = self.state.reopen_files(self.tls, lambda: tls_context(self.config))
 
     def start(self, listener: socket.socket | None = None) -> str:
         """Listen (or serve ``listener``, bound by ``--workers`` or systemd) and start

@@ -10,15 +10,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from . import auth, protocol
 from .audit import AuditLog
 from .catalog import dispatch_table, load_catalog
+from .logs import reopen_log_files
 from .logtail import LastlogSource
 from .settings import ServerConfig
 from .stats import Stats
+from .tls import reload_tls
 
 __all__ = ["BaseState"]
+
+TLSSettings = TypeVar("TLSSettings")
 
 
 @dataclass
@@ -58,12 +63,19 @@ class BaseState:
                    audit=AuditLog(config.audit_log) if config.audit_log else None,
                    metrics=metrics, auth_token=config.auth_token, **own)
 
-    def reload_token(self) -> None:
-        """On SIGHUP: read ``--auth-token-file`` again, for the sessions to come (those
-        already authenticated go on)."""
+    def reopen_files(self, tls: TLSSettings | None,
+                     load_tls: Callable[[], TLSSettings]) -> TLSSettings | None:
+        """On SIGHUP: reopen the log files and, for the connections to come, read the
+        auth token and the TLS files again; returns the engine's TLS settings to use
+        from now on (``tls``, or new ones ``load_tls`` made; None without TLS).
+
+        Sessions already authenticated, and connections already encrypted, go on.
+        """
+        reopen_log_files()
         if self.config.auth_token_file and self.auth_token is not None:
             self.auth_token = auth.reread_token_file(self.config.auth_token_file,
                                                      self.auth_token)
+        return None if tls is None else reload_tls(self.config, load_tls, tls)
 
     def finished(self, system: str, request: protocol.Request, reply: bytes,
                  started: float) -> None:

@@ -30,7 +30,6 @@ from ..core.logs import (
     flush_logs,
     install_flush_timer,
     log,
-    reopen_log_files,
 )
 from ..core.settings import BACKLOG, LINGER_SECONDS, REFUSING, ServerConfig, format_address
 from ..core.signals import ignore_server_signals
@@ -39,7 +38,7 @@ from ..core.systemd import Notifier
 from .commands import ServerState
 from .metrics import serve_metrics
 from .session import CommandSession
-from .tls import ReloadableTLS, with_tls
+from .tls import tls_options, with_tls
 
 __all__ = ["CommandFactory", "run"]
 
@@ -54,16 +53,12 @@ class CommandFactory(ServerFactory):
         self.connected: set[CommandSession] = set()  # sessions, refusals, lingering hang-ups
         self.closing = False
         self.port = None
-        #: The listener's TLS settings, None without TLS.
-        self.tls = ReloadableTLS(config) if config.tls_cert else None
+        #: The listener's TLS settings, None without TLS (see ``tls.ReloadableTLS``).
+        self.tls = tls_options(config) if config.tls_cert else None
 
     def reopen_files(self) -> None:
-        """On SIGHUP: reopen the log files; for the connections to come, read the auth
-        token and load the TLS certificate and key again (new ones, renewed)."""
-        reopen_log_files()
-        self.state.reload_token()
-        if self.tls is not None:
-            self.tls.reload()
+        """On SIGHUP: log files, auth token and TLS files again (``BaseState.reopen_files``)."""
+        self.tls = self.state.reopen_files(self.tls, lambda: tls_options(self.config))
 
     def buildProtocol(self, addr) -> CommandSession:
         """Number every accepted connection, refused ones included."""
@@ -188,7 +183,7 @@ def listen(config: ServerConfig, factory: CommandFactory) -> str:
         nonlocal failure
         failure = reason.value
 
-    where.listen(with_tls(factory.tls, factory)).addCallbacks(
+    where.listen(with_tls(factory)).addCallbacks(
         lambda port: setattr(factory, "port", port), failed)
     if isinstance(failure, CannotListenError):
         if config.unix:
@@ -231,7 +226,7 @@ def run(config: ServerConfig, listener: socket.socket | None = None) -> None:
         where = listen(config, factory)
     else:
         factory.port = reactor.adoptStreamPort(listener.fileno(), listener.family,
-                                               with_tls(factory.tls, factory))
+                                               with_tls(factory))
         where = listening_on(listener)
         listener.close()  # the reactor has its own copy of the descriptor
     if config.metrics:

@@ -15,7 +15,6 @@ from zope.interface import implementer
 
 from ..core.errors import describe_os_error
 from ..core.settings import ServerConfig
-from ..core.tls import reload_tls
 
 __all__ = ["tls_options", "ReloadableTLS", "with_tls", "describe_openssl_error"]
 
@@ -44,31 +43,27 @@ def tls_options(config: ServerConfig) -> ssl.CertificateOptions:
 
 @implementer(IOpenSSLServerConnectionCreator)
 class ReloadableTLS:
-    """The listener's TLS settings, which :meth:`reload` can load again (SIGHUP).
+    """Hands Twisted's TLS layer the settings ``factory.tls`` holds now, which a SIGHUP
+    may have replaced.
 
-    Twisted's TLS layer asks it for each new connection's OpenSSL connection (the
-    interface ``TLSMemoryBIOFactory`` documents for servers that build their own),
-    and it answers with the ``CertificateOptions`` loaded last.
+    ``TLSMemoryBIOFactory`` keeps the settings it was given; it asks this object for
+    each new connection's OpenSSL connection instead (the interface it documents for
+    servers that build their own).
     """
 
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self.options = tls_options(config)
+    def __init__(self, factory) -> None:
+        self.factory = factory
 
     def serverConnectionForTLS(self, tls_protocol):  # noqa: N802 (Twisted's name)
         """The OpenSSL connection for a new client, from the settings loaded last."""
-        return self.options.serverConnectionForTLS(tls_protocol)
-
-    def reload(self) -> None:
-        """Load the certificate and key again for the connections to come."""
-        self.options = reload_tls(self.config, lambda: tls_options(self.config), self.options)
+        return self.factory.tls.serverConnectionForTLS(tls_protocol)
 
 
-def with_tls(tls: ReloadableTLS | None, factory):
-    """``factory`` itself, or wrapped in Twisted's TLS layer with ``tls``."""
-    if tls is None:
+def with_tls(factory):
+    """``factory`` itself, or wrapped in Twisted's TLS layer when it has TLS settings."""
+    if factory.tls is None:
         return factory
-    return TLSMemoryBIOFactory(tls, False, factory)
+    return TLSMemoryBIOFactory(ReloadableTLS(factory), False, factory)
 
 
 def describe_openssl_error(exc: BaseException) -> str:
